@@ -1,0 +1,56 @@
+"""Interleaved (GPT-J style) rotary embedding on the trailing dims of a vector.
+
+V4 rotates only the last `rope_dim` channels of each head, in pairs `(2i, 2i+1)`.
+Layers with compression use theta=160000 with YaRN frequency interpolation and no
+mscale; sliding-window-only layers use plain theta=10000.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rope_inv_freq(rope_dim: int, theta: float, yarn_factor: float | None = None,
+                  original_max_position: int = 65536, beta_fast: float = 32.0,
+                  beta_slow: float = 1.0) -> torch.Tensor:
+    """Per-pair angular frequencies `[rope_dim // 2]` (fp32)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float32, device="cpu") / rope_dim))
+    if yarn_factor is None or yarn_factor <= 1.0:
+        return inv_freq
+
+    def correction_dim(rotations: float) -> float:
+        return rope_dim * math.log(original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), rope_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(rope_dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
+    keep = 1.0 - ramp  # 1 -> keep the original frequency (extrapolate), 0 -> interpolate
+    return inv_freq / yarn_factor * (1 - keep) + inv_freq * keep
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin `[..., rope_dim // 2]` (fp32) for integer positions."""
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq.to(positions.device)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Rotate the trailing `2 * cos.shape[-1]` channels of `x` (`[T, ..., dim]`).
+
+    `cos`/`sin` are `[T, rope_dim // 2]` and broadcast over any middle dims of `x`.
+    `inverse=True` applies the conjugate rotation (angle -p*w).
+    """
+    half = cos.shape[-1]
+    rope_dim = 2 * half
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (half,)
+    cos, sin = cos.reshape(shape), sin.reshape(shape)
+    if inverse:
+        sin = -sin
+    rope = x[..., -rope_dim:].float()
+    even, odd = rope[..., 0::2], rope[..., 1::2]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    return torch.cat([x[..., :-rope_dim], rotated.to(x.dtype)], dim=-1)
