@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +12,17 @@ from banyan.model.loader import load_model
 from banyan.model.make_tiny import make_tiny
 
 TINY_SEED = 1234
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """The project's shared/ folder (golden fixtures): $BANYAN_SHARED, ./shared or ../shared."""
+    candidates = [Path(os.environ["BANYAN_SHARED"])] if "BANYAN_SHARED" in os.environ else []
+    candidates += [REPO_ROOT / "shared", REPO_ROOT.parent / "shared"]
+    for c in candidates:
+        if (c / "fixtures").is_dir():
+            return c
+    pytest.skip(f"no shared/ folder with fixtures beside {REPO_ROOT}")
 
 
 @pytest.fixture(scope="session")

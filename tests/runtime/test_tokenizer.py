@@ -1,8 +1,5 @@
-from pathlib import Path
-
 from banyan.runtime.tokenizer import SPECIAL_IDS, load_tokenizer
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "encoding"
+from banyan.tests.conftest import shared_dir
 
 # docs/dsv4-spec.md §7.4, case 2
 CASE_2_IDS = [0, 3476, 477, 260, 11502, 22896, 16, 128803, 19923, 128804, 128822, 23166, 1031, 3, 1730, 588, 342,
@@ -26,7 +23,7 @@ def test_special_token_ids():
 
 def test_case_2_prompt_tokenises_like_the_reference():
     tok = load_tokenizer()
-    text = (FIXTURES / "test_output_2.txt").read_text(encoding="utf-8")
+    text = (shared_dir() / "fixtures" / "encoding" / "test_output_2.txt").read_text(encoding="utf-8")
     ids = tok.encode(text, add_special_tokens=False)
     assert ids == CASE_2_IDS
     assert tok.decode(ids) == text
