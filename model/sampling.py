@@ -1,0 +1,90 @@
+"""Token sampling for a batch of requests with per-request parameters.
+
+Order: logit bias, penalties, token mask -> logprobs (what is reported) -> temperature,
+top-k, top-p, min-p -> draw with the request's generator (or argmax when greedy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingRow:
+    """What the sampler needs from one request."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    prompt_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    allowed: torch.Tensor | None = None  # bool [V]: the only tokens that may be sampled
+    top_logprobs: int = 0
+
+
+@dataclass
+class SampleResult:
+    tokens: list[int]
+    logprobs: list[float]
+    top_logprobs: list[list[tuple[int, float]]]
+
+
+def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    if row.logit_bias:
+        ids = torch.tensor(list(row.logit_bias), device=logits.device)
+        logits[ids] += torch.tensor(list(row.logit_bias.values()), device=logits.device)
+    if row.output_ids and (row.presence_penalty or row.frequency_penalty):
+        counts = torch.bincount(torch.tensor(row.output_ids, device=logits.device), minlength=logits.numel())
+        logits -= row.frequency_penalty * counts + row.presence_penalty * (counts > 0)
+    if row.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.output_ids)), dtype=torch.long, device=logits.device)
+        if seen.numel():
+            vals = logits[seen]
+            logits[seen] = torch.where(vals > 0, vals / row.repetition_penalty, vals * row.repetition_penalty)
+    if row.allowed is not None:
+        logits.masked_fill_(~row.allowed.to(logits.device), float("-inf"))
+    return logits
+
+
+def _truncate(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    logits = logits / row.temperature
+    if row.top_k > 0 and row.top_k < logits.numel():
+        kth = torch.topk(logits, row.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if row.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        drop = (torch.cumsum(sorted_probs, 0) - sorted_probs) >= row.top_p
+        probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+    if row.min_p > 0:
+        probs = probs.masked_fill(probs < row.min_p * probs.max(), 0.0)
+    return probs
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
+    """`logits` `[B, V]` fp32, one row per request."""
+    tokens, chosen_lp, tops = [], [], []
+    for i, row in enumerate(rows):
+        lg = _apply_penalties(logits[i].clone(), row)
+        logprobs = torch.log_softmax(lg, dim=-1)
+        if row.temperature == 0 or row.top_k == 1:
+            tok = int(torch.argmax(lg))
+        else:
+            probs = _truncate(lg, row)
+            tok = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
+        tokens.append(tok)
+        chosen_lp.append(float(logprobs[tok]))
+        if row.top_logprobs:
+            vals, ids = torch.topk(logprobs, row.top_logprobs)
+            tops.append(list(zip(ids.tolist(), vals.tolist())))
+        else:
+            tops.append([])
+    return SampleResult(tokens, chosen_lp, tops)

@@ -1,0 +1,92 @@
+"""Fixed-capacity allocators over the model's paged state (`banyan.model.kv_cache`).
+
+Three free lists: compressed pages (CSA/HCA entries, indexer keys, overlap snapshots),
+sliding-window pages (one KV vector per token), and request slots (compressor rings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model.config import ModelConfig
+from ..model.kv_cache import CacheShape, V4KVCache
+
+
+class OutOfMemory(RuntimeError):
+    """A pool has fewer free entries than asked for."""
+
+
+class FreeList:
+    def __init__(self, capacity: int, name: str) -> None:
+        self.capacity = capacity
+        self.name = name
+        self._free = list(range(capacity - 1, -1, -1))
+
+    @property
+    def available(self) -> int:
+        return len(self._free)
+
+    def alloc(self, n: int = 1) -> list[int]:
+        if n > len(self._free):
+            raise OutOfMemory(f"{self.name}: asked for {n}, {len(self._free)} free")
+        out = self._free[-n:][::-1] if n else []
+        del self._free[len(self._free) - n:]
+        return out
+
+    def free(self, ids: list[int]) -> None:
+        self._free.extend(ids)
+
+
+@dataclass(frozen=True)
+class PoolSizes:
+    page_size: int
+    num_pages: int
+    num_swa_pages: int
+    max_requests: int
+
+    @property
+    def max_tokens(self) -> int:
+        return self.num_pages * self.page_size
+
+
+def sizes_from_budget(cfg: ModelConfig, budget_bytes: int, page_size: int, max_requests: int,
+                      dtype: torch.dtype) -> PoolSizes:
+    """Split a byte budget into pages: every page has a compressed part and an SWA part."""
+    probe = V4KVCache(cfg, CacheShape(page_size, 1, 1, 1), dtype=dtype, device="meta")
+    ring_bytes = probe.bytes_per_request_slot() * max_requests
+    per_page = probe.bytes_per_page() + probe.bytes_per_swa_page()
+    pages = (budget_bytes - ring_bytes) // per_page
+    min_pages = -(-cfg.sliding_window // page_size) + 2
+    if pages < min_pages:
+        raise ValueError(f"memory budget of {budget_bytes} bytes holds {max(pages, 0)} pages of {page_size} "
+                         f"tokens; at least {min_pages} are needed")
+    return PoolSizes(page_size, int(pages), int(pages), max_requests)
+
+
+class MemoryPools:
+    def __init__(self, cfg: ModelConfig, sizes: PoolSizes, dtype: torch.dtype, device: torch.device | str) -> None:
+        self.sizes = sizes
+        self.kv = V4KVCache(cfg, CacheShape(sizes.page_size, sizes.num_pages, sizes.num_swa_pages,
+                                            sizes.max_requests), dtype=dtype, device=device)
+        self.pages = FreeList(sizes.num_pages, "page pool")
+        self.swa_pages = FreeList(sizes.num_swa_pages, "sliding-window pool")
+        self.slots = FreeList(sizes.max_requests, "request slots")
+
+    @property
+    def page_size(self) -> int:
+        return self.sizes.page_size
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "pages_total": self.pages.capacity, "pages_free": self.pages.available,
+            "swa_pages_total": self.swa_pages.capacity, "swa_pages_free": self.swa_pages.available,
+            "slots_total": self.slots.capacity, "slots_free": self.slots.available,
+            "token_capacity": self.sizes.max_tokens,
+        }
+
+    def is_full(self) -> bool:
+        """Every page, SWA page and slot is free."""
+        return (self.pages.available == self.pages.capacity and self.swa_pages.available == self.swa_pages.capacity
+                and self.slots.available == self.slots.capacity)

@@ -1,0 +1,67 @@
+"""A request as the scheduler tracks it: tokens, cache pages, sampling state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .radix_cache import Node
+from .sampling_params import SamplingParams
+
+TokenMask = Callable[["Request"], "torch.Tensor | None"]
+
+
+@dataclass
+class FinishReason:
+    kind: str  # "stop" | "length" | "abort"
+    matched: int | str | None = None  # the stop token id or stop string
+    message: str | None = None
+
+    def to_dict(self) -> dict:
+        out: dict = {"type": self.kind}
+        if self.matched is not None:
+            out["matched"] = self.matched
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+@dataclass(eq=False)
+class Request:
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    token_mask: TokenMask | None = None
+    output_ids: list[int] = field(default_factory=list)
+    output_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    finish: FinishReason | None = None
+    # cache state
+    slot: int | None = None
+    pages: list[int] = field(default_factory=list)
+    swa_pages: list[int] = field(default_factory=list)
+    owned_pages: set[int] = field(default_factory=set)
+    owned_swa_pages: set[int] = field(default_factory=set)
+    computed: int = 0  # tokens whose state is in the cache
+    cached_tokens: int = 0  # tokens reused from the prefix cache at (the last) admission
+    inserted_pages: int = 0  # leading pages that are nodes of the radix tree
+    last_node: Node | None = None
+    generator: torch.Generator | None = None
+    retractions: int = 0
+
+    @property
+    def seq(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def pending(self) -> int:
+        """Tokens not yet run through the model."""
+        return len(self.prompt_ids) + len(self.output_ids) - self.computed
+
+    @property
+    def finished(self) -> bool:
+        return self.finish is not None

@@ -1,0 +1,344 @@
+"""Continuous batching over the V4 model with chunked prefill, a compressed-KV radix
+cache, retraction under memory pressure, and abort.
+
+`Scheduler.step()` builds one ragged batch (a decode token for every running request
+plus prefill chunks up to the chunk budget), makes room in the pools, runs the model,
+samples, inserts newly completed pages into the radix cache, and returns what each
+request produced. It runs in-process (tests) or inside the scheduler process.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..model.batch import ForwardBatch
+from ..model.network import DeepseekV4
+from ..model.sampling import SamplingRow, sample
+from .pools import MemoryPools
+from .radix_cache import RadixCache
+from .request import FinishReason, Request
+
+POLICIES = ("fcfs", "lpm")
+
+
+@dataclass
+class StepOutput:
+    rid: str
+    token: int | None  # None when the request finished without a new token (abort)
+    logprob: float | None
+    top_logprobs: list[tuple[int, float]]
+    finish: FinishReason | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class SchedulerStats:
+    prefill_tokens: int = 0  # tokens computed for prompts (after cache hits)
+    decode_tokens: int = 0
+    cache_hit_tokens: int = 0
+    retractions: int = 0
+    evicted_pages: int = 0
+    steps: int = 0
+
+
+class Scheduler:
+    def __init__(self, model: DeepseekV4, pools: MemoryPools, chunked_prefill_size: int = 512,
+                 policy: str = "fcfs", enable_prefix_cache: bool = True, max_running: int | None = None,
+                 decode_text: Callable[[list[int]], str] | None = None) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"schedule policy must be one of {POLICIES}, got {policy!r}")
+        if chunked_prefill_size < 1:
+            raise ValueError("chunked_prefill_size must be >= 1")
+        self.model = model
+        self.cfg = model.cfg
+        self.pools = pools
+        self.page_size = pools.page_size
+        self.chunk = chunked_prefill_size
+        self.policy = policy
+        self.enable_prefix_cache = enable_prefix_cache
+        self.max_running = min(max_running or pools.slots.capacity, pools.slots.capacity)
+        self.decode_text = decode_text
+        self.cache = RadixCache(self.page_size, self.cfg.sliding_window, pools.pages.free, pools.swa_pages.free)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.stats = SchedulerStats()
+        self._aborted: list[StepOutput] = []
+
+    # ---- intake -----------------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        if len(req.prompt_ids) == 0:
+            raise ValueError("a request needs at least one prompt token")
+        if len(req.prompt_ids) + req.params.max_new_tokens > self.pools.sizes.max_tokens:
+            raise ValueError(f"request {req.rid} needs {len(req.prompt_ids) + req.params.max_new_tokens} tokens; "
+                             f"the pools hold {self.pools.sizes.max_tokens}")
+        if req.params.seed is not None:
+            req.generator = torch.Generator().manual_seed(req.params.seed)
+        self.waiting.append(req)
+
+    def abort(self, rid: str) -> bool:
+        for req in list(self.waiting):
+            if req.rid == rid:
+                self.waiting.remove(req)
+                self._finish_abort(req)
+                return True
+        for req in self.running:
+            if req.rid == rid:
+                self.running.remove(req)
+                self._release(req)
+                self._finish_abort(req)
+                return True
+        return False
+
+    def _finish_abort(self, req: Request) -> None:
+        req.finish = FinishReason("abort")
+        self._aborted.append(self._output(req, None, None, []))
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._aborted)
+
+    # ---- cache bookkeeping --------------------------------------------------------------------
+    def _admit(self, req: Request) -> bool:
+        """Give `req` a slot and its cached prefix. False if no slot is free."""
+        if self.pools.slots.available == 0 or len(self.running) >= self.max_running:
+            return False
+        req.slot = self.pools.slots.alloc(1)[0]
+        seq = req.seq
+        if self.enable_prefix_cache:
+            match = self.cache.match_prefix(seq, max_pages=(len(seq) - 1) // self.page_size)
+        else:
+            match = self.cache.match_prefix([], 0)
+        req.pages, req.swa_pages = match.pages, [p for p in match.swa_pages]
+        req.inserted_pages = len(match.nodes)
+        req.computed = req.cached_tokens = len(match.nodes) * self.page_size
+        req.last_node = match.last
+        self.cache.lock(match.last)
+        if req.computed:
+            self.pools.kv.restore_compressor_state(req.slot, req.pages[-1], req.computed)
+        self.stats.cache_hit_tokens += req.computed
+        return True
+
+    def _release(self, req: Request) -> None:
+        """Return a request's private pages and slot; its tree pages stay cached."""
+        self.cache.unlock(req.last_node)
+        self.pools.pages.free(sorted(req.owned_pages))
+        self.pools.swa_pages.free(sorted(req.owned_swa_pages))
+        if req.slot is not None:
+            self.pools.slots.free([req.slot])
+        req.slot, req.last_node = None, None
+        req.pages, req.swa_pages = [], []
+        req.owned_pages, req.owned_swa_pages = set(), set()
+        req.computed = req.inserted_pages = 0
+
+    def _insert_full_pages(self, req: Request) -> None:
+        if not self.enable_prefix_cache:
+            return
+        p, seq = self.page_size, req.seq
+        parent = req.last_node or self.cache.root
+        while (req.inserted_pages + 1) * p <= req.computed:
+            k = req.inserted_pages
+            node, took_page, took_swa = self.cache.insert_page(parent, tuple(seq[k * p:(k + 1) * p]),
+                                                               req.pages[k], req.swa_pages[k])
+            if took_page:
+                req.owned_pages.discard(req.pages[k])
+            if took_swa:
+                req.owned_swa_pages.discard(req.swa_pages[k])
+            self.cache.lock(node)
+            self.cache.unlock(req.last_node)
+            req.last_node = parent = node
+            req.inserted_pages += 1
+
+    def _pages_needed(self, req: Request, extend: int) -> int:
+        return max(0, -(-(req.computed + extend) // self.page_size) - len(req.pages))
+
+    def _make_room(self, pages: int, protect: list[Request]) -> bool:
+        """Free `pages` compressed and SWA pages: drop cached windows and prefixes first,
+        then retract running requests not in `protect`."""
+        pools = self.pools
+        while True:
+            short, short_swa = pages - pools.pages.available, pages - pools.swa_pages.available
+            if short <= 0 and short_swa <= 0:
+                return True
+            if short_swa > 0 and self.cache.tombstone_swa(short_swa):
+                continue
+            freed = self.cache.evict(max(short, short_swa))
+            self.stats.evicted_pages += freed
+            if freed:
+                continue
+            victims = [r for r in self.running if r not in protect]
+            if not victims:
+                return False
+            self._retract(max(victims, key=lambda r: (r.pending, len(r.seq))))
+
+    def _retract(self, req: Request) -> None:
+        self.running.remove(req)
+        self._release(req)
+        req.retractions += 1
+        self.stats.retractions += 1
+        self.waiting.appendleft(req)
+
+    def _allocate(self, req: Request, extend: int) -> None:
+        n = self._pages_needed(req, extend)
+        if n:
+            pages, swa = self.pools.pages.alloc(n), self.pools.swa_pages.alloc(n)
+            req.pages += pages
+            req.swa_pages += swa
+            req.owned_pages.update(pages)
+            req.owned_swa_pages.update(swa)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _order_waiting(self) -> None:
+        if self.policy == "lpm" and len(self.waiting) > 1 and self.enable_prefix_cache:
+            p = self.page_size
+            ranked = sorted(self.waiting, key=lambda r: -len(self.cache.match_prefix(
+                r.seq, max_pages=(len(r.seq) - 1) // p).nodes))
+            self.waiting = deque(ranked)
+
+    def _plan(self) -> list[tuple[Request, int]]:
+        """(request, tokens to run) for this step."""
+        plan: list[tuple[Request, int]] = []
+        budget = self.chunk
+        for req in list(self.running):
+            if req.pending == 1:
+                plan.append((req, 1))
+        for req in list(self.running):
+            if req.pending > 1 and budget > 0:
+                n = min(req.pending, budget)
+                plan.append((req, n))
+                budget -= n
+        self._order_waiting()
+        while self.waiting and budget > 0:
+            req = self.waiting[0]
+            if not self._admit(req):
+                break
+            self.waiting.popleft()
+            self.running.append(req)
+            n = min(req.pending, budget)
+            plan.append((req, n))
+            budget -= n
+        return plan
+
+    def step(self) -> list[StepOutput]:
+        outputs, self._aborted = self._aborted, []
+        plan = self._plan()
+        # make room; retraction may remove planned requests
+        while plan:
+            need = sum(self._pages_needed(r, n) for r, n in plan)
+            if self._make_room(need, [r for r, _ in plan]):
+                break
+            victim = plan.pop()[0]  # the plan alone does not fit: retract its last request
+            self._retract(victim)
+        plan = [(r, n) for r, n in plan if r in self.running]
+        if not plan:
+            return outputs
+        for req, n in plan:
+            self._allocate(req, n)
+        logits = self._forward(plan)
+        self.stats.steps += 1
+        rows, samplers = [], []
+        for i, (req, n) in enumerate(plan):
+            is_decode = req.pending == n and n == 1 and len(req.output_ids) > 0
+            if is_decode:
+                self.stats.decode_tokens += 1
+            else:
+                self.stats.prefill_tokens += n
+            req.computed += n
+            self._insert_full_pages(req)
+            if req.pending == 0:
+                rows.append(i)
+                samplers.append(self._sampling_row(req))
+        if rows:
+            result = sample(logits[rows], samplers)
+            for j, i in enumerate(rows):
+                req = plan[i][0]
+                outputs.append(self._append_token(req, result.tokens[j], result.logprobs[j],
+                                                  result.top_logprobs[j]))
+        return outputs
+
+    def _forward(self, plan: list[tuple[Request, int]]) -> torch.Tensor:
+        device = self.model.device
+        ids, prefix, extend, slots = [], [], [], []
+        width = max(len(r.pages) for r, _ in plan)
+        page_table = torch.zeros(len(plan), width, dtype=torch.long)
+        swa_table = torch.zeros(len(plan), width, dtype=torch.long)
+        for i, (req, n) in enumerate(plan):
+            ids += req.seq[req.computed:req.computed + n]
+            prefix.append(req.computed)
+            extend.append(n)
+            slots.append(req.slot)
+            page_table[i, :len(req.pages)] = torch.tensor(req.pages)
+            swa_table[i, :len(req.swa_pages)] = torch.tensor([s if s is not None else 0 for s in req.swa_pages])
+        batch = ForwardBatch(torch.tensor(ids, dtype=torch.long, device=device), prefix, extend, slots,
+                             page_table.to(device), swa_table.to(device))
+        return self.model(batch, self.pools.kv)
+
+    def _sampling_row(self, req: Request) -> SamplingRow:
+        p = req.params
+        return SamplingRow(
+            temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p,
+            presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
+            repetition_penalty=p.repetition_penalty, logit_bias=p.logit_bias,
+            prompt_ids=req.prompt_ids, output_ids=req.output_ids, generator=req.generator,
+            allowed=req.token_mask(req) if req.token_mask else None,
+            top_logprobs=req.top_logprobs_num if req.return_logprob else 0,
+        )
+
+    def _append_token(self, req: Request, token: int, logprob: float,
+                      top: list[tuple[int, float]]) -> StepOutput:
+        req.output_ids.append(token)
+        if req.return_logprob:
+            req.output_logprobs.append(logprob)
+            req.output_top_logprobs.append(top)
+        req.finish = self._check_stop(req, token)
+        if req.finish is not None:
+            self.running.remove(req)
+            self._release(req)
+        return self._output(req, token, logprob, top)
+
+    def _check_stop(self, req: Request, token: int) -> FinishReason | None:
+        p = req.params
+        if not p.ignore_eos and token == self.cfg.eos_token_id:
+            return FinishReason("stop", token)
+        if token in p.stop_token_ids:
+            return FinishReason("stop", token)
+        if p.stop and self.decode_text is not None:
+            longest = max(len(s) for s in p.stop)
+            tail = self.decode_text(req.output_ids[-(longest + 8):])
+            for s in p.stop:
+                if s in tail:
+                    return FinishReason("stop", s)
+        if len(req.output_ids) >= p.max_new_tokens:
+            return FinishReason("length")
+        return None
+
+    def _output(self, req: Request, token: int | None, logprob: float | None,
+                top: list[tuple[int, float]]) -> StepOutput:
+        return StepOutput(req.rid, token, logprob, top, req.finish, len(req.prompt_ids), req.cached_tokens,
+                          len(req.output_ids))
+
+    # ---- maintenance ----------------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix. Refused (False) while requests are running."""
+        if self.running or self.waiting:
+            return False
+        self.cache.flush()
+        return True
+
+    def usage(self) -> dict:
+        return {
+            **self.pools.usage(),
+            "cached_pages": self.cache.num_nodes,
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "cache_hit_tokens": self.stats.cache_hit_tokens,
+            "prefill_tokens": self.stats.prefill_tokens,
+            "decode_tokens": self.stats.decode_tokens,
+            "retractions": self.stats.retractions,
+            "evicted_pages": self.stats.evicted_pages,
+            "steps": self.stats.steps,
+        }
