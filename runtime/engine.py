@@ -1,0 +1,311 @@
+"""`Engine`: the scheduler and detokenizer processes without HTTP.
+
+    engine = Engine()                      # embedded tiny model
+    out = engine.generate(prompt="Hello", sampling_params={"max_new_tokens": 16})
+    for chunk in engine.generate(prompt="Hello", stream=True): ...
+    engine.shutdown()
+
+The calling process tokenizes and keeps one queue per request; a receiver thread reads
+the detokenizer's messages and routes them. If a child process dies, every pending and
+later call fails with `EngineDeadError` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import uuid
+from typing import Any, AsyncIterator, Iterator
+
+import msgspec
+import zmq
+
+from .detokenizer_process import run_detokenizer_process
+from .options import EngineOptions
+from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, TextOut, encode,
+                       engine_decoder)
+from .scheduler_process import run_scheduler_process
+from .tokenizer import load_tokenizer
+from ..scheduler.sampling_params import SamplingParams
+
+_END = object()
+
+
+class EngineDeadError(RuntimeError):
+    """A child process of the engine exited; the engine cannot serve any more requests."""
+
+
+class RequestError(ValueError):
+    """The scheduler rejected a request (bad parameters or too long)."""
+
+
+class _Pending:
+    """Collects one request's messages; `put` runs on the receiver thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
+        self.q: queue.Queue | asyncio.Queue = asyncio.Queue() if loop else queue.Queue()
+
+    def put(self, item: Any) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+        else:
+            self.q.put(item)
+
+
+def _merge(outs: list[TextOut]) -> dict:
+    last = outs[-1]
+    return {
+        "text": "".join(o.text for o in outs),
+        "output_ids": [t for o in outs for t in o.token_ids],
+        "meta_info": _meta(last, [lp for o in outs for lp in o.logprobs],
+                           [tp for o in outs for tp in o.top_logprobs]),
+    }
+
+
+def _meta(o: TextOut, logprobs: list, top_logprobs: list) -> dict:
+    meta = {"id": o.rid, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+            "cached_tokens": o.cached_tokens, "finish_reason": o.finish}
+    if logprobs and logprobs[0] is not None:
+        meta["output_token_logprobs"] = logprobs
+        meta["output_top_logprobs"] = top_logprobs
+    return meta
+
+
+def _chunk(o: TextOut) -> dict:
+    return {"text": o.text, "output_ids": list(o.token_ids), "meta_info": _meta(o, o.logprobs, o.top_logprobs)}
+
+
+class Engine:
+    def __init__(self, model_path: str | None = None, **options: Any) -> None:
+        from ..model.default import default_model_dir
+
+        self.options = EngineOptions(model_path=str(model_path or default_model_dir()), **options)
+        self.options.validate()
+        self.tokenizer = load_tokenizer(self.options.model_path)
+        self._ipc_dir = tempfile.mkdtemp(prefix="banyan-ipc-")
+        addr = {name: f"ipc://{os.path.join(self._ipc_dir, name)}" for name in ("sched", "detok", "engine")}
+        self._ctx = zmq.Context()
+        self._recv = self._ctx.socket(zmq.PULL)
+        self._recv.bind(addr["engine"])
+        self._send = self._ctx.socket(zmq.PUSH)
+        self._send.connect(addr["sched"])
+        self._send_lock = threading.Lock()
+        spawn = mp.get_context("spawn")
+        ready_recv, ready_send = spawn.Pipe(duplex=False)
+        self._procs = [
+            spawn.Process(target=run_scheduler_process, args=(self.options, addr["sched"], addr["detok"], ready_send),
+                          daemon=True, name="banyan-scheduler"),
+            spawn.Process(target=run_detokenizer_process, args=(self.options.model_path, addr["detok"],
+                                                                addr["engine"]),
+                          daemon=True, name="banyan-detokenizer"),
+        ]
+        for p in self._procs:
+            p.start()
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._dead: str | None = None
+        self._closed = False
+        self.info = self._wait_ready(ready_recv)
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._receive_loop, daemon=True, name="banyan-engine-recv")
+        self._thread.start()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def _wait_ready(self, conn) -> dict:
+        waited = 0.0
+        while not conn.poll(0.2):
+            waited += 0.2
+            dead = [p.name for p in self._procs if not p.is_alive()]
+            if dead or waited > self.options.startup_timeout:
+                self.shutdown()
+                raise EngineDeadError(f"engine failed to start: {', '.join(dead) or 'timeout'}")
+        info = conn.recv()
+        if not info.get("ok"):
+            self.shutdown()
+            raise EngineDeadError(f"scheduler failed to start: {info.get('error')}")
+        return info
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
+            p.join(timeout=5)
+        self._fail_all("engine shut down")
+        self._ctx.destroy(linger=0)
+        shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def _fail_all(self, reason: str) -> None:
+        with self._lock:
+            if self._dead is None:
+                self._dead = reason
+            pending, self._pending = self._pending, {}
+        for p in pending.values():
+            p.put(EngineDeadError(self._dead))
+
+    def _receive_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._recv, zmq.POLLIN)
+        while not self._closed:
+            try:
+                events = dict(poller.poll(200))
+            except zmq.ZMQError:
+                return
+            if not events:
+                dead = [p.name for p in self._procs if not p.is_alive()]
+                if dead:
+                    self._fail_all(f"engine process {', '.join(dead)} exited (exit code "
+                                   f"{[p.exitcode for p in self._procs]})")
+                    return
+                continue
+            msg = engine_decoder.decode(self._recv.recv())
+            key = msg.req_id if isinstance(msg, ControlReply) else msg.rid
+            with self._lock:
+                pending = self._pending.get(key)
+                done = isinstance(msg, (ControlReply, ErrorOut)) or (isinstance(msg, TextOut) and msg.finish)
+                if done:
+                    self._pending.pop(key, None)
+            if pending is not None:
+                pending.put(msg)
+                if done:
+                    pending.put(_END)
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def _submit(self, msg: msgspec.Struct, key: str, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
+        pending = _Pending(loop)
+        with self._lock:
+            if self._dead is not None:
+                raise EngineDeadError(self._dead)
+            self._pending[key] = pending
+        with self._send_lock:
+            self._send.send(encode(msg))
+        return pending
+
+    def _requests(self, prompt: str | None, input_ids: list[int] | None, sampling_params: dict | None,
+                  return_logprob: bool, top_logprobs_num: int) -> list[GenerateRequest]:
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("pass exactly one of prompt or input_ids")
+        ids = list(input_ids) if input_ids is not None else self.tokenizer.encode(prompt, add_special_tokens=False)
+        try:
+            params = msgspec.convert(sampling_params or {}, SamplingParams, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid sampling_params: {exc}") from None
+        params.validate(self.tokenizer.vocab_size + len(self.tokenizer.get_added_vocab()))
+        base = uuid.uuid4().hex
+        reqs = []
+        for i in range(params.n):
+            p = msgspec.structs.replace(params, n=1, seed=None if params.seed is None else params.seed + i)
+            reqs.append(GenerateRequest(f"{base}-{i}", ids, p, return_logprob, top_logprobs_num))
+        return reqs
+
+    def abort(self, rid: str) -> None:
+        with self._send_lock:
+            self._send.send(encode(AbortRequest(rid)))
+
+    @staticmethod
+    def _check(msg: Any) -> Any:
+        if isinstance(msg, EngineDeadError):
+            raise msg
+        if isinstance(msg, ErrorOut):
+            raise RequestError(msg.message)
+        return msg
+
+    def generate(self, prompt: str | None = None, input_ids: list[int] | None = None,
+                 sampling_params: dict | None = None, return_logprob: bool = False, top_logprobs_num: int = 0,
+                 stream: bool = False) -> dict | list[dict] | Iterator[dict]:
+        """Blocking generation. With `n > 1` returns a list; with `stream` an iterator of chunks."""
+        reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num)
+        if stream:
+            if len(reqs) != 1:
+                raise ValueError("streaming supports n == 1")
+            return self._stream(reqs[0])
+        pendings = [(r.rid, self._submit(r, r.rid)) for r in reqs]
+        results = []
+        for rid, pending in pendings:
+            outs = []
+            try:
+                while (item := pending.q.get()) is not _END:
+                    outs.append(self._check(item))
+            except BaseException:
+                self.abort(rid)
+                raise
+            results.append(_merge(outs))
+        return results[0] if len(results) == 1 else results
+
+    def _stream(self, req: GenerateRequest) -> Iterator[dict]:
+        pending = self._submit(req, req.rid)
+        finished = False
+        try:
+            while (item := pending.q.get()) is not _END:
+                chunk = _chunk(self._check(item))
+                finished = chunk["meta_info"]["finish_reason"] is not None
+                yield chunk
+        finally:
+            if not finished:
+                self.abort(req.rid)
+
+    async def async_generate(self, prompt: str | None = None, input_ids: list[int] | None = None,
+                             sampling_params: dict | None = None, return_logprob: bool = False,
+                             top_logprobs_num: int = 0, stream: bool = False) -> dict | list[dict] | AsyncIterator[dict]:
+        reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num)
+        loop = asyncio.get_running_loop()
+        if stream:
+            if len(reqs) != 1:
+                raise ValueError("streaming supports n == 1")
+            return self._astream(reqs[0], loop)
+        pendings = [(r.rid, self._submit(r, r.rid, loop)) for r in reqs]
+        results = []
+        for rid, pending in pendings:
+            outs = []
+            try:
+                while (item := await pending.q.get()) is not _END:
+                    outs.append(self._check(item))
+            except BaseException:  # includes cancellation when a client disconnects
+                self.abort(rid)
+                raise
+            results.append(_merge(outs))
+        return results[0] if len(results) == 1 else results
+
+    async def _astream(self, req: GenerateRequest, loop: asyncio.AbstractEventLoop) -> AsyncIterator[dict]:
+        pending = self._submit(req, req.rid, loop)
+        finished = False
+        try:
+            while (item := await pending.q.get()) is not _END:
+                chunk = _chunk(self._check(item))
+                finished = chunk["meta_info"]["finish_reason"] is not None
+                yield chunk
+        finally:
+            if not finished:
+                self.abort(req.rid)
+
+    def _control(self, action: str, timeout: float = 60.0) -> ControlReply:
+        req_id = f"ctl-{next(self._ids)}"
+        pending = self._submit(ControlRequest(req_id, action), req_id)
+        try:
+            item = pending.q.get(timeout=timeout)
+        except queue.Empty:
+            raise EngineDeadError(f"no answer to {action} within {timeout}s") from None
+        return self._check(item)
+
+    def flush_cache(self) -> bool:
+        """Drop the prefix cache; False while requests are in flight."""
+        return self._control("flush_cache").ok
+
+    def stats(self) -> dict:
+        """Pool usage, cache hits and queue lengths."""
+        return dict(self._control("stats").data)

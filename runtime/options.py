@@ -1,0 +1,28 @@
+"""Engine options shared by `Engine`, `banyan serve` and the scheduler process."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class EngineOptions(msgspec.Struct, kw_only=True):
+    model_path: str | None = None  # None: the embedded tiny default model
+    dtype: str = "float32"  # float32 | bfloat16
+    device: str = "cpu"
+    page_size: int | None = None  # default: the smallest multiple of every compression ratio
+    chunked_prefill_size: int = 512
+    schedule_policy: str = "fcfs"  # fcfs | lpm
+    max_running_requests: int = 32
+    kv_cache_bytes: int = 256 << 20  # state-pool budget on CPU
+    mem_fraction: float = 0.85  # on CUDA: fraction of free memory for the state pools
+    enable_prefix_cache: bool = True
+    max_model_len: int | None = None
+    startup_timeout: float = 300.0
+
+    def validate(self) -> None:
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.schedule_policy not in ("fcfs", "lpm"):
+            raise ValueError(f"schedule_policy must be fcfs or lpm, got {self.schedule_policy!r}")
+        if self.chunked_prefill_size < 1 or self.max_running_requests < 1:
+            raise ValueError("chunked_prefill_size and max_running_requests must be >= 1")

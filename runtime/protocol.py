@@ -1,0 +1,90 @@
+"""Messages between the engine, scheduler and detokenizer processes (msgspec/msgpack)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..scheduler.sampling_params import SamplingParams
+
+
+class GenerateRequest(msgspec.Struct, tag=True):
+    rid: str
+    input_ids: list[int]
+    params: SamplingParams
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+
+
+class AbortRequest(msgspec.Struct, tag=True):
+    rid: str
+
+
+class ControlRequest(msgspec.Struct, tag=True):
+    """`flush_cache` or `stats`; answered by a ControlReply with the same id."""
+
+    req_id: str
+    action: str
+
+
+class RequestMeta(msgspec.Struct, tag=True):
+    """Scheduler -> detokenizer: how to render a newly accepted request."""
+
+    rid: str
+    stop: list[str] = []
+    skip_special_tokens: bool = True
+
+
+class TokenOut(msgspec.Struct):
+    rid: str
+    token: int | None
+    logprob: float | None
+    top_logprobs: list[tuple[int, float]]
+    finish: dict | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+class TokenBatch(msgspec.Struct, tag=True):
+    items: list[TokenOut]
+
+
+class ControlReply(msgspec.Struct, tag=True):
+    req_id: str
+    ok: bool
+    data: dict = {}
+
+
+class ErrorOut(msgspec.Struct, tag=True):
+    rid: str
+    message: str
+
+
+class TextOut(msgspec.Struct, tag=True):
+    """Detokenizer -> engine: what one request produced since the last message."""
+
+    rid: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]]]
+    finish: dict | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+ToScheduler = GenerateRequest | AbortRequest | ControlRequest
+ToDetokenizer = TokenBatch | RequestMeta | ControlReply | ErrorOut
+ToEngine = TextOut | ControlReply | ErrorOut
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+scheduler_decoder = msgspec.msgpack.Decoder(ToScheduler)
+detokenizer_decoder = msgspec.msgpack.Decoder(ToDetokenizer)
+engine_decoder = msgspec.msgpack.Decoder(ToEngine)
