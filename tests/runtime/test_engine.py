@@ -122,3 +122,14 @@ def test_killed_scheduler_fails_pending_calls_quickly(tiny_official):
             eng.generate(input_ids=[5], sampling_params={"max_new_tokens": 1})
     finally:
         eng.shutdown()
+
+
+def test_stop_string_truncates_text(engine):
+    params = {"max_new_tokens": 12, "temperature": 0}
+    ids = random_prompt(40, seed=61)
+    full = engine.generate(input_ids=ids, sampling_params=params)["text"]
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    assert stop.strip()
+    out = engine.generate(input_ids=ids, sampling_params={**params, "stop": [stop]})
+    assert out["text"] == full[:full.index(stop)]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}

@@ -136,3 +136,12 @@ def test_seeded_sampling_is_reproducible(tiny_model):
         return r.output_ids
     assert draw(7) == draw(7)
     assert draw(7) != draw(8)
+
+
+def test_lpm_policy_matches_fcfs_outputs(tiny_model):
+    prompts = shared_prefix_prompts()
+    fcfs = run_all(make_scheduler(tiny_model, policy="fcfs", slots=2), prompts)
+    lpm = run_all(make_scheduler(tiny_model, policy="lpm", slots=2), prompts)
+    assert_same_outputs(fcfs, lpm)
+    with pytest.raises(ValueError, match="schedule policy"):
+        make_scheduler(tiny_model, policy="random")
