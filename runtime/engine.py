@@ -252,12 +252,16 @@ class Engine:
         finished = False
         try:
             while (item := pending.q.get()) is not _END:
-                chunk = _chunk(self._check(item))
-                finished = chunk["meta_info"]["finish_reason"] is not None
+                chunk, finished = self._stream_chunk(item)
                 yield chunk
         finally:
             if not finished:
                 self.abort(req.rid)
+
+    def _stream_chunk(self, item: Any) -> tuple[dict, bool]:
+        """A streamed message as a chunk, and whether it ends the request."""
+        chunk = _chunk(self._check(item))
+        return chunk, chunk["meta_info"]["finish_reason"] is not None
 
     async def async_generate(self, prompt: str | None = None, input_ids: list[int] | None = None,
                              sampling_params: dict | None = None, return_logprob: bool = False,
@@ -286,8 +290,7 @@ class Engine:
         finished = False
         try:
             while (item := await pending.q.get()) is not _END:
-                chunk = _chunk(self._check(item))
-                finished = chunk["meta_info"]["finish_reason"] is not None
+                chunk, finished = self._stream_chunk(item)
                 yield chunk
         finally:
             if not finished:
