@@ -37,6 +37,47 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .options import EngineOptions
+    from .server.launch import serve
+    from .server.settings import ServerSettings
+
+    options = EngineOptions(
+        model_path=_resolve_model_path(args.model_path), dtype=DTYPES[args.dtype], device=args.device,
+        page_size=args.page_size, chunked_prefill_size=args.chunked_prefill_size,
+        schedule_policy=args.schedule_policy, max_running_requests=args.max_running_requests,
+        kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), mem_fraction=args.mem_fraction,
+        enable_prefix_cache=not args.disable_radix_cache, max_model_len=args.max_model_len)
+    options.validate()
+    settings = ServerSettings(host=args.host, port=args.port, served_model_name=args.served_model_name,
+                              api_key=args.api_key, max_queued_requests=args.max_queued_requests,
+                              default_thinking=args.default_thinking, max_model_len=args.max_model_len,
+                              log_level=args.log_level)
+    return serve(options, settings)
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--served-model-name", default=None, help="model id clients use (default: the directory name)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="context length limit (default: what the KV pools hold for one request)")
+    p.add_argument("--chunked-prefill-size", type=int, default=512)
+    p.add_argument("--page-size", type=int, default=None, help="tokens per KV page (multiple of 128)")
+    p.add_argument("--schedule-policy", choices=["fcfs", "lpm"], default="fcfs")
+    p.add_argument("--max-running-requests", type=int, default=32)
+    p.add_argument("--max-queued-requests", type=int, default=256,
+                   help="requests waiting beyond the running ones before the server answers 503")
+    p.add_argument("--kv-cache-gb", type=float, default=0.25, help="KV pool budget on CPU, GiB")
+    p.add_argument("--mem-fraction", type=float, default=0.85, help="fraction of free GPU memory for the KV pools")
+    p.add_argument("--disable-radix-cache", action="store_true", help="turn the prefix cache off")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--default-thinking", action="store_true",
+                   help="chat requests that do not choose a reasoning mode use thinking mode")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     from ..model.make_tiny import main as make_tiny_main
 
@@ -52,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.set_defaults(func=cmd_generate)
+    srv = sub.add_parser("serve", help="OpenAI-compatible and SGLang-native HTTP server")
+    _add_serve_args(srv)
+    srv.set_defaults(func=cmd_serve)
     tiny = sub.add_parser("make-tiny", help="write a random tiny V4 checkpoint (see python -m banyan.model.make_tiny -h)")
     tiny.add_argument("rest", nargs=argparse.REMAINDER)
     tiny.set_defaults(func=cmd_make_tiny)

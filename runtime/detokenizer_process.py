@@ -56,7 +56,7 @@ class Detokenizer:
             del self.states[out.rid]
         return TextOut(out.rid, delta, new_ids, [out.logprob] if new_ids else [],
                        [out.top_logprobs] if new_ids else [], out.finish, out.prompt_tokens, out.cached_tokens,
-                       out.completion_tokens)
+                       out.completion_tokens, out.input_logprobs, out.input_top_logprobs)
 
 
 def run_detokenizer_process(model_path: str | None, in_addr: str, out_addr: str) -> None:

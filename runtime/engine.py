@@ -32,6 +32,7 @@ from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, Gen
                        engine_decoder)
 from .scheduler_process import run_scheduler_process
 from .tokenizer import load_tokenizer
+from ..scheduler.grammar import GrammarSpec
 from ..scheduler.sampling_params import SamplingParams
 
 _END = object()
@@ -61,25 +62,32 @@ class _Pending:
 
 def _merge(outs: list[TextOut]) -> dict:
     last = outs[-1]
+    inputs = next((o for o in outs if o.input_logprobs), last)
     return {
         "text": "".join(o.text for o in outs),
         "output_ids": [t for o in outs for t in o.token_ids],
         "meta_info": _meta(last, [lp for o in outs for lp in o.logprobs],
-                           [tp for o in outs for tp in o.top_logprobs]),
+                           [tp for o in outs for tp in o.top_logprobs], inputs),
     }
 
 
-def _meta(o: TextOut, logprobs: list, top_logprobs: list) -> dict:
+def _meta(o: TextOut, logprobs: list, top_logprobs: list, inputs: TextOut) -> dict:
+    """`meta_info`: token counts, the finish reason and, when asked for, logprobs as floats
+    (`output_token_logprobs`, `input_token_logprobs`, None for the first prompt token) and
+    top alternatives as `(token_id, logprob)` lists."""
     meta = {"id": o.rid, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
             "cached_tokens": o.cached_tokens, "finish_reason": o.finish}
     if logprobs and logprobs[0] is not None:
         meta["output_token_logprobs"] = logprobs
         meta["output_top_logprobs"] = top_logprobs
+    if inputs.input_logprobs:
+        meta["input_token_logprobs"] = list(inputs.input_logprobs)
+        meta["input_top_logprobs"] = list(inputs.input_top_logprobs)
     return meta
 
 
 def _chunk(o: TextOut) -> dict:
-    return {"text": o.text, "output_ids": list(o.token_ids), "meta_info": _meta(o, o.logprobs, o.top_logprobs)}
+    return {"text": o.text, "output_ids": list(o.token_ids), "meta_info": _meta(o, o.logprobs, o.top_logprobs, o)}
 
 
 class Engine:
@@ -197,7 +205,8 @@ class Engine:
         return pending
 
     def _requests(self, prompt: str | None, input_ids: list[int] | None, sampling_params: dict | None,
-                  return_logprob: bool, top_logprobs_num: int) -> list[GenerateRequest]:
+                  return_logprob: bool, top_logprobs_num: int, logprob_start_len: int,
+                  grammar: GrammarSpec | None) -> list[GenerateRequest]:
         if (prompt is None) == (input_ids is None):
             raise ValueError("pass exactly one of prompt or input_ids")
         ids = list(input_ids) if input_ids is not None else self.tokenizer.encode(prompt, add_special_tokens=False)
@@ -210,7 +219,8 @@ class Engine:
         reqs = []
         for i in range(params.n):
             p = msgspec.structs.replace(params, n=1, seed=None if params.seed is None else params.seed + i)
-            reqs.append(GenerateRequest(f"{base}-{i}", ids, p, return_logprob, top_logprobs_num))
+            reqs.append(GenerateRequest(f"{base}-{i}", ids, p, return_logprob, top_logprobs_num,
+                                        logprob_start_len if return_logprob else -1, grammar))
         return reqs
 
     def abort(self, rid: str) -> None:
@@ -227,9 +237,14 @@ class Engine:
 
     def generate(self, prompt: str | None = None, input_ids: list[int] | None = None,
                  sampling_params: dict | None = None, return_logprob: bool = False, top_logprobs_num: int = 0,
-                 stream: bool = False) -> dict | list[dict] | Iterator[dict]:
-        """Blocking generation. With `n > 1` returns a list; with `stream` an iterator of chunks."""
-        reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num)
+                 stream: bool = False, logprob_start_len: int = -1,
+                 grammar: GrammarSpec | None = None) -> dict | list[dict] | Iterator[dict]:
+        """Blocking generation. With `n > 1` returns a list; with `stream` an iterator of chunks.
+
+        `logprob_start_len >= 0` (with `return_logprob`) also reports the logprobs of the prompt
+        tokens from that position on; `grammar` constrains the output (regex, JSON schema, ...)."""
+        reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num,
+                              logprob_start_len, grammar)
         if stream:
             if len(reqs) != 1:
                 raise ValueError("streaming supports n == 1")
@@ -265,8 +280,10 @@ class Engine:
 
     async def async_generate(self, prompt: str | None = None, input_ids: list[int] | None = None,
                              sampling_params: dict | None = None, return_logprob: bool = False,
-                             top_logprobs_num: int = 0, stream: bool = False) -> dict | list[dict] | AsyncIterator[dict]:
-        reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num)
+                             top_logprobs_num: int = 0, stream: bool = False, logprob_start_len: int = -1,
+                             grammar: GrammarSpec | None = None) -> dict | list[dict] | AsyncIterator[dict]:
+        reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num,
+                              logprob_start_len, grammar)
         loop = asyncio.get_running_loop()
         if stream:
             if len(reqs) != 1:

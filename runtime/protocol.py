@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from ..scheduler.grammar import GrammarSpec
 from ..scheduler.sampling_params import SamplingParams
 
 
@@ -13,6 +14,8 @@ class GenerateRequest(msgspec.Struct, tag=True):
     params: SamplingParams
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    logprob_start_len: int = -1
+    grammar: GrammarSpec | None = None
 
 
 class AbortRequest(msgspec.Struct, tag=True):
@@ -43,6 +46,8 @@ class TokenOut(msgspec.Struct):
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    input_logprobs: list[float | None] = []
+    input_top_logprobs: list[list[tuple[int, float]]] = []
 
 
 class TokenBatch(msgspec.Struct, tag=True):
@@ -72,6 +77,8 @@ class TextOut(msgspec.Struct, tag=True):
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    input_logprobs: list[float | None] = []
+    input_top_logprobs: list[list[tuple[int, float]]] = []
 
 
 ToScheduler = GenerateRequest | AbortRequest | ControlRequest

@@ -9,6 +9,7 @@ import torch
 import zmq
 
 from ..model.loader import load_model
+from ..scheduler.grammar import GrammarCompiler
 from ..scheduler.pools import MemoryPools, sizes_from_budget
 from ..scheduler.request import Request
 from ..scheduler.scheduler import Scheduler, StepOutput
@@ -20,7 +21,8 @@ from .tokenizer import load_tokenizer
 log = logging.getLogger("banyan.scheduler")
 
 
-def build_scheduler(opts: EngineOptions) -> Scheduler:
+def build_scheduler(opts: EngineOptions):
+    """The scheduler and the tokenizer it decodes stop strings with."""
     dtype = getattr(torch, opts.dtype)
     model = load_model(opts.model_path, dtype=dtype, device=opts.device, progress=False)
     cfg = model.cfg
@@ -32,28 +34,40 @@ def build_scheduler(opts: EngineOptions) -> Scheduler:
     sizes = sizes_from_budget(cfg, budget, page_size, opts.max_running_requests, dtype)
     pools = MemoryPools(cfg, sizes, dtype, opts.device)
     tok = load_tokenizer(opts.model_path)
-    return Scheduler(model, pools, chunked_prefill_size=opts.chunked_prefill_size, policy=opts.schedule_policy,
+    sched = Scheduler(model, pools, chunked_prefill_size=opts.chunked_prefill_size, policy=opts.schedule_policy,
                      enable_prefix_cache=opts.enable_prefix_cache, max_running=opts.max_running_requests,
                      decode_text=lambda ids: tok.decode(ids, skip_special_tokens=False))
+    return sched, tok
 
 
 def _token_out(o: StepOutput) -> TokenOut:
     return TokenOut(o.rid, o.token, o.logprob, o.top_logprobs, o.finish.to_dict() if o.finish else None,
-                    o.prompt_tokens, o.cached_tokens, o.completion_tokens)
+                    o.prompt_tokens, o.cached_tokens, o.completion_tokens, o.input_logprobs, o.input_top_logprobs)
 
 
 class SchedulerLoop:
-    def __init__(self, sched: Scheduler, recv: zmq.Socket, send: zmq.Socket) -> None:
-        self.sched, self.recv, self.send = sched, recv, send
+    def __init__(self, sched: Scheduler, recv: zmq.Socket, send: zmq.Socket, tokenizer) -> None:
+        self.sched, self.recv, self.send, self.tokenizer = sched, recv, send, tokenizer
+        self._grammars: GrammarCompiler | None = None
+
+    def grammars(self) -> GrammarCompiler:
+        """Built on first use: indexing the vocabulary for xgrammar takes a while."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.sched.cfg.vocab_size)
+        return self._grammars
+
+    def _request(self, msg: GenerateRequest) -> Request:
+        msg.params.validate(self.sched.cfg.vocab_size)
+        if any(not 0 <= t < self.sched.cfg.vocab_size for t in msg.input_ids):
+            raise ValueError("input_ids has a token id outside the vocabulary")
+        constraint = self.grammars().new_state(msg.grammar) if msg.grammar is not None else None
+        return Request(msg.rid, list(msg.input_ids), msg.params, msg.return_logprob, msg.top_logprobs_num,
+                       logprob_start_len=msg.logprob_start_len, constraint=constraint)
 
     def handle(self, msg) -> None:
         if isinstance(msg, GenerateRequest):
             try:
-                msg.params.validate(self.sched.cfg.vocab_size)
-                if any(not 0 <= t < self.sched.cfg.vocab_size for t in msg.input_ids):
-                    raise ValueError("input_ids has a token id outside the vocabulary")
-                req = Request(msg.rid, list(msg.input_ids), msg.params, msg.return_logprob, msg.top_logprobs_num)
-                self.sched.add(req)
+                self.sched.add(self._request(msg))
             except ValueError as exc:
                 self.send.send(encode(ErrorOut(msg.rid, str(exc))))
                 return
@@ -90,14 +104,14 @@ def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, read
     send = ctx.socket(zmq.PUSH)
     send.connect(out_addr)
     try:
-        sched = build_scheduler(opts)
+        sched, tok = build_scheduler(opts)
     except Exception as exc:  # report start-up failures to the parent instead of hanging it
         ready.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return
     ready.send({"ok": True, "token_capacity": sched.pools.sizes.max_tokens,
                 "vocab_size": sched.cfg.vocab_size, "eos_token_id": sched.cfg.eos_token_id})
     try:
-        SchedulerLoop(sched, recv, send).run()
+        SchedulerLoop(sched, recv, send, tok).run()
     except Exception:
         log.error("scheduler crashed:\n%s", traceback.format_exc())
         raise

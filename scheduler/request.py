@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
 import torch
 
 from .radix_cache import Node
 from .sampling_params import SamplingParams
 
-TokenMask = Callable[["Request"], "torch.Tensor | None"]
+
+class TokenConstraint(Protocol):
+    """What the scheduler needs from a grammar (see `scheduler.grammar.GrammarState`)."""
+
+    def allowed(self) -> torch.Tensor | None: ...
+
+    def accept(self, token: int) -> None: ...
 
 
 @dataclass
@@ -35,10 +41,13 @@ class Request:
     params: SamplingParams
     return_logprob: bool = False
     top_logprobs_num: int = 0
-    token_mask: TokenMask | None = None
+    logprob_start_len: int = -1  # >= 0: report prompt-token logprobs from this position on
+    constraint: TokenConstraint | None = None
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    input_logprobs: list[float | None] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     finish: FinishReason | None = None
     # cache state
     slot: int | None = None
@@ -61,6 +70,10 @@ class Request:
     def pending(self) -> int:
         """Tokens not yet run through the model."""
         return len(self.prompt_ids) + len(self.output_ids) - self.computed
+
+    @property
+    def wants_input_logprobs(self) -> bool:
+        return self.logprob_start_len >= 0
 
     @property
     def finished(self) -> bool:

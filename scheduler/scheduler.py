@@ -10,7 +10,7 @@ request produced. It runs in-process (tests) or inside the scheduler process.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -35,6 +35,8 @@ class StepOutput:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    input_logprobs: list[float | None] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +76,9 @@ class Scheduler:
     def add(self, req: Request) -> None:
         if len(req.prompt_ids) == 0:
             raise ValueError("a request needs at least one prompt token")
+        if not -1 <= req.logprob_start_len < len(req.prompt_ids):
+            raise ValueError(f"logprob_start_len must be -1 or in [0, {len(req.prompt_ids)}), "
+                             f"got {req.logprob_start_len}")
         if len(req.prompt_ids) + req.params.max_new_tokens > self.pools.sizes.max_tokens:
             raise ValueError(f"request {req.rid} needs {len(req.prompt_ids) + req.params.max_new_tokens} tokens; "
                              f"the pools hold {self.pools.sizes.max_tokens}")
@@ -110,7 +115,7 @@ class Scheduler:
         req.slot = self.pools.slots.alloc(1)[0]
         seq = req.seq
         if self.enable_prefix_cache:
-            match = self.cache.match_prefix(seq, max_pages=(len(seq) - 1) // self.page_size)
+            match = self.cache.match_prefix(seq, max_pages=self._max_reuse_pages(req))
         else:
             match = self.cache.match_prefix([], 0)
         req.pages, req.swa_pages = match.pages, [p for p in match.swa_pages]
@@ -122,6 +127,14 @@ class Scheduler:
             self.pools.kv.restore_compressor_state(req.slot, req.pages[-1], req.computed)
         self.stats.cache_hit_tokens += req.computed
         return True
+
+    def _max_reuse_pages(self, req: Request) -> int:
+        """Pages of a cached prefix `req` may reuse: at least one token must be computed, and
+        prompt positions whose logprobs were asked for (and not yet produced) must be too."""
+        last = len(req.seq) - 1
+        if req.wants_input_logprobs and not req.output_ids:
+            last = min(last, max(req.logprob_start_len - 1, 0))
+        return last // self.page_size
 
     def _release(self, req: Request) -> None:
         """Return a request's private pages and slot; its tree pages stay cached."""
@@ -179,6 +192,8 @@ class Scheduler:
         self.running.remove(req)
         self._release(req)
         req.retractions += 1
+        if not req.output_ids:  # its prompt logprobs are recomputed after re-admission
+            req.input_logprobs, req.input_top_logprobs = [], []
         self.stats.retractions += 1
         self.waiting.appendleft(req)
 
@@ -194,9 +209,8 @@ class Scheduler:
     # ---- one step -----------------------------------------------------------------------------
     def _order_waiting(self) -> None:
         if self.policy == "lpm" and len(self.waiting) > 1 and self.enable_prefix_cache:
-            p = self.page_size
             ranked = sorted(self.waiting, key=lambda r: -len(self.cache.match_prefix(
-                r.seq, max_pages=(len(r.seq) - 1) // p).nodes))
+                r.seq, max_pages=self._max_reuse_pages(r)).nodes))
             self.waiting = deque(ranked)
 
     def _plan(self) -> list[tuple[Request, int]]:
@@ -238,29 +252,61 @@ class Scheduler:
             return outputs
         for req, n in plan:
             self._allocate(req, n)
-        logits = self._forward(plan)
+        all_logits = any(self._needs_input_logprobs(r) for r, _ in plan)
+        logits = self._forward(plan, all_logits)
         self.stats.steps += 1
-        rows, samplers = [], []
+        rows, samplers, start = [], [], 0
         for i, (req, n) in enumerate(plan):
             is_decode = req.pending == n and n == 1 and len(req.output_ids) > 0
             if is_decode:
                 self.stats.decode_tokens += 1
             else:
                 self.stats.prefill_tokens += n
+            if all_logits and self._needs_input_logprobs(req):
+                self._collect_input_logprobs(req, logits[start:start + n])
             req.computed += n
             self._insert_full_pages(req)
-            if req.pending == 0:
-                rows.append(i)
-                samplers.append(self._sampling_row(req))
+            if req.pending == 0 and req.params.max_new_tokens == 0:
+                req.finish = FinishReason("length")
+                self.running.remove(req)
+                self._release(req)
+                outputs.append(self._output(req, None, None, []))
+            elif req.pending == 0:
+                rows.append(start + n - 1 if all_logits else i)
+                samplers.append((req, self._sampling_row(req)))
+            start += n
         if rows:
-            result = sample(logits[rows], samplers)
-            for j, i in enumerate(rows):
-                req = plan[i][0]
+            result = sample(logits[rows], [row for _, row in samplers])
+            for j, (req, _) in enumerate(samplers):
                 outputs.append(self._append_token(req, result.tokens[j], result.logprobs[j],
                                                   result.top_logprobs[j]))
         return outputs
 
-    def _forward(self, plan: list[tuple[Request, int]]) -> torch.Tensor:
+    def _needs_input_logprobs(self, req: Request) -> bool:
+        return req.wants_input_logprobs and req.computed < len(req.prompt_ids)
+
+    def _collect_input_logprobs(self, req: Request, logits: torch.Tensor) -> None:
+        """Append the logprobs of the prompt tokens this chunk's logits predict.
+
+        Row j (position computed + j) predicts the token at position computed + j + 1; the
+        first prompt token has no prediction and is reported as None."""
+        c, prompt, k = req.computed, req.prompt_ids, req.top_logprobs_num
+        first, end = max(req.logprob_start_len, c + 1), min(c + logits.shape[0] + 1, len(prompt))
+        if c == 0 and req.logprob_start_len == 0:
+            req.input_logprobs.append(None)
+            req.input_top_logprobs.append([])
+        if first >= end:
+            return
+        logprobs = torch.log_softmax(logits[first - 1 - c:end - 1 - c], dim=-1)
+        targets = torch.tensor(prompt[first:end], device=logprobs.device)
+        req.input_logprobs += logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        if k:
+            vals, ids = torch.topk(logprobs, k, dim=-1)
+            req.input_top_logprobs += [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]
+        else:
+            req.input_top_logprobs += [[] for _ in range(end - first)]
+
+    def _forward(self, plan: list[tuple[Request, int]], all_logits: bool) -> torch.Tensor:
         device = self.model.device
         ids, prefix, extend, slots = [], [], [], []
         width = max(len(r.pages) for r, _ in plan)
@@ -274,7 +320,7 @@ class Scheduler:
             page_table[i, :len(req.pages)] = torch.tensor(req.pages)
             swa_table[i, :len(req.swa_pages)] = torch.tensor([s if s is not None else 0 for s in req.swa_pages])
         batch = ForwardBatch(torch.tensor(ids, dtype=torch.long, device=device), prefix, extend, slots,
-                             page_table.to(device), swa_table.to(device))
+                             page_table.to(device), swa_table.to(device), all_logits=all_logits)
         return self.model(batch, self.pools.kv)
 
     def _sampling_row(self, req: Request) -> SamplingRow:
@@ -284,7 +330,7 @@ class Scheduler:
             presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
             repetition_penalty=p.repetition_penalty, logit_bias=p.logit_bias,
             prompt_ids=req.prompt_ids, output_ids=req.output_ids, generator=req.generator,
-            allowed=req.token_mask(req) if req.token_mask else None,
+            allowed=req.constraint.allowed() if req.constraint else None,
             top_logprobs=req.top_logprobs_num if req.return_logprob else 0,
         )
 
@@ -294,11 +340,23 @@ class Scheduler:
         if req.return_logprob:
             req.output_logprobs.append(logprob)
             req.output_top_logprobs.append(top)
-        req.finish = self._check_stop(req, token)
+        req.finish = self._advance_constraint(req, token) or self._check_stop(req, token)
         if req.finish is not None:
             self.running.remove(req)
             self._release(req)
         return self._output(req, token, logprob, top)
+
+    @staticmethod
+    def _advance_constraint(req: Request, token: int) -> FinishReason | None:
+        """Feed the sampled token to the request's grammar; a rejection ends the request
+        (it cannot happen when the mask was applied, but must not crash the scheduler)."""
+        if req.constraint is None:
+            return None
+        try:
+            req.constraint.accept(token)
+        except ValueError as exc:
+            return FinishReason("abort", message=f"constrained decoding failed: {exc}")
+        return None
 
     def _check_stop(self, req: Request, token: int) -> FinishReason | None:
         p = req.params
@@ -318,8 +376,12 @@ class Scheduler:
 
     def _output(self, req: Request, token: int | None, logprob: float | None,
                 top: list[tuple[int, float]]) -> StepOutput:
-        return StepOutput(req.rid, token, logprob, top, req.finish, len(req.prompt_ids), req.cached_tokens,
-                          len(req.output_ids))
+        out = StepOutput(req.rid, token, logprob, top, req.finish, len(req.prompt_ids), req.cached_tokens,
+                         len(req.output_ids))
+        if req.wants_input_logprobs and len(req.output_ids) <= 1 and len(req.input_logprobs) == \
+                len(req.prompt_ids) - req.logprob_start_len:
+            out.input_logprobs, out.input_top_logprobs = req.input_logprobs, req.input_top_logprobs
+        return out
 
     # ---- maintenance ----------------------------------------------------------------------------
     def flush_cache(self) -> bool:
