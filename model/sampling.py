@@ -27,6 +27,7 @@ class SamplingRow:
     output_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     allowed: torch.Tensor | None = None  # bool [V]: the only tokens that may be sampled
+    banned: list[int] = field(default_factory=list)  # tokens that may not be sampled (min_new_tokens)
     top_logprobs: int = 0
 
 
@@ -51,6 +52,8 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
             logits[seen] = torch.where(vals > 0, vals / row.repetition_penalty, vals * row.repetition_penalty)
     if row.allowed is not None:
         logits.masked_fill_(~row.allowed.to(logits.device), float("-inf"))
+    if row.banned:
+        logits[torch.tensor(row.banned, device=logits.device)] = float("-inf")
     return logits
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import zmq
@@ -18,6 +19,7 @@ REPLACEMENT = "\ufffd"
 class DecodeState:
     stop: list[str] = field(default_factory=list)
     skip_special_tokens: bool = True
+    stop_regex: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the text already sent
     stopped: bool = False
@@ -29,7 +31,7 @@ class Detokenizer:
         self.states: dict[str, DecodeState] = {}
 
     def register(self, meta: RequestMeta) -> None:
-        self.states[meta.rid] = DecodeState(list(meta.stop), meta.skip_special_tokens)
+        self.states[meta.rid] = DecodeState(list(meta.stop), meta.skip_special_tokens, list(meta.stop_regex))
 
     def step(self, out: TokenOut) -> TextOut:
         st = self.states.setdefault(out.rid, DecodeState())
@@ -43,6 +45,10 @@ class Detokenizer:
             i = text.find(s)
             if i != -1:
                 cut, st.stopped = min(cut, i), True
+        for pattern in st.stop_regex:
+            match = re.search(pattern, text)
+            if match:
+                cut, st.stopped = min(cut, match.start()), True
         if not st.stopped and not finished and st.stop:
             # hold back a tail that could still become a stop string
             longest = max(len(s) for s in st.stop)

@@ -35,6 +35,7 @@ class RequestMeta(msgspec.Struct, tag=True):
     rid: str
     stop: list[str] = []
     skip_special_tokens: bool = True
+    stop_regex: list[str] = []
 
 
 class TokenOut(msgspec.Struct):

@@ -71,7 +71,8 @@ class SchedulerLoop:
             except ValueError as exc:
                 self.send.send(encode(ErrorOut(msg.rid, str(exc))))
                 return
-            self.send.send(encode(RequestMeta(msg.rid, list(msg.params.stop), msg.params.skip_special_tokens)))
+            p = msg.params
+            self.send.send(encode(RequestMeta(msg.rid, list(p.stop), p.skip_special_tokens, list(p.stop_regex))))
         elif isinstance(msg, AbortRequest):
             self.sched.abort(msg.rid)
         elif isinstance(msg, ControlRequest):

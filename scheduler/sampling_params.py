@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 
@@ -16,6 +18,8 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: list[str] = []
+    stop_regex: list[str] = []  # stop when the output matches one (the match is cut from the text)
+    min_new_tokens: int = 0  # EOS and stop tokens / strings are ignored before this many tokens
     stop_token_ids: list[int] = []
     ignore_eos: bool = False
     n: int = 1
@@ -37,10 +41,16 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
             (all(0 <= t < vocab_size for t in self.stop_token_ids), "stop_token_ids has an id outside the vocabulary"),
             (all(0 <= t < vocab_size for t in self.logit_bias), "logit_bias has an id outside the vocabulary"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (self.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        for pattern in self.stop_regex:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"stop_regex {pattern!r} is not a valid regular expression: {exc}") from None
 
     @property
     def greedy(self) -> bool:

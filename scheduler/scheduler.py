@@ -9,6 +9,7 @@ request produced. It runs in-process (tests) or inside the scheduler process.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -331,6 +332,7 @@ class Scheduler:
             repetition_penalty=p.repetition_penalty, logit_bias=p.logit_bias,
             prompt_ids=req.prompt_ids, output_ids=req.output_ids, generator=req.generator,
             allowed=req.constraint.allowed() if req.constraint else None,
+            banned=self._stop_ids(req) if len(req.output_ids) < p.min_new_tokens else [],
             top_logprobs=req.top_logprobs_num if req.return_logprob else 0,
         )
 
@@ -358,20 +360,37 @@ class Scheduler:
             return FinishReason("abort", message=f"constrained decoding failed: {exc}")
         return None
 
+    def _stop_ids(self, req: Request) -> list[int]:
+        return ([] if req.params.ignore_eos else [self.cfg.eos_token_id]) + list(req.params.stop_token_ids)
+
     def _check_stop(self, req: Request, token: int) -> FinishReason | None:
         p = req.params
-        if not p.ignore_eos and token == self.cfg.eos_token_id:
-            return FinishReason("stop", token)
-        if token in p.stop_token_ids:
-            return FinishReason("stop", token)
-        if p.stop and self.decode_text is not None:
+        if len(req.output_ids) >= p.min_new_tokens:
+            if token in self._stop_ids(req):
+                return FinishReason("stop", token)
+            if (p.stop or p.stop_regex) and self.decode_text is not None:
+                matched = self._stop_text(req)
+                if matched is not None:
+                    return FinishReason("stop", matched)
+        if len(req.output_ids) >= p.max_new_tokens:
+            return FinishReason("length")
+        return None
+
+    def _stop_text(self, req: Request) -> str | None:
+        """The stop string or stop-regex match the output now ends with, if any."""
+        p = req.params
+        if p.stop:
             longest = max(len(s) for s in p.stop)
             tail = self.decode_text(req.output_ids[-(longest + 8):])
             for s in p.stop:
                 if s in tail:
-                    return FinishReason("stop", s)
-        if len(req.output_ids) >= p.max_new_tokens:
-            return FinishReason("length")
+                    return s
+        if p.stop_regex:
+            text = self.decode_text(req.output_ids)
+            for pattern in p.stop_regex:
+                match = re.search(pattern, text)
+                if match:
+                    return match.group(0)
         return None
 
     def _output(self, req: Request, token: int | None, logprob: float | None,

@@ -28,7 +28,7 @@ router = APIRouter()
 
 _SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
                   "frequency_penalty", "repetition_penalty", "stop", "stop_token_ids", "ignore_eos",
-                  "skip_special_tokens", "n", "logit_bias", "seed"}
+                  "skip_special_tokens", "n", "logit_bias", "seed", "min_new_tokens", "stop_regex"}
 _GRAMMAR_KEYS = {"regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf"}
 _IGNORED_KEYS = {"no_stop_trim", "spaces_between_special_tokens", "custom_params", "stream_interval"}
 
@@ -53,8 +53,9 @@ def _sampling(raw: Any) -> tuple[dict, GrammarSpec | None]:
             grammar = GrammarSpec(_GRAMMAR_KEYS[key], text)
         elif key not in _IGNORED_KEYS:
             raise invalid(f"unknown sampling parameter {key!r}", f"sampling_params.{key}")
-    if isinstance(params.get("stop"), str):
-        params["stop"] = [params["stop"]]
+    for key in ("stop", "stop_regex"):
+        if isinstance(params.get(key), str):
+            params[key] = [params[key]]
     if "logit_bias" in params:
         params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
     return params, grammar
@@ -115,12 +116,15 @@ def _response(out: dict, call: Call, texts: TokenTexts, with_text: bool, started
     if call.return_logprob:
         start = max(call.logprob_start_len, 0)
         input_ids = call.input_ids[start:] if call.logprob_start_len >= 0 else []
-        info["input_token_logprobs"] = native_logprobs(texts, input_ids, meta.get("input_token_logprobs", []),
-                                                       with_text)
-        info["input_top_logprobs"] = native_top_logprobs(texts, meta.get("input_top_logprobs", []), with_text)
+        # like SGLang, the first scored prompt token has no logprob, wherever scoring starts
+        input_lps = [None] + meta.get("input_token_logprobs", [])[1:]
+        info["input_token_logprobs"] = native_logprobs(texts, input_ids, input_lps, with_text)
+        input_tops = [[]] + meta.get("input_top_logprobs", [])[1:]
+        info["input_top_logprobs"] = native_top_logprobs(texts, input_tops[:len(input_ids)], with_text)
         info["output_token_logprobs"] = native_logprobs(texts, out["output_ids"],
                                                         meta.get("output_token_logprobs", []), with_text)
         info["output_top_logprobs"] = native_top_logprobs(texts, meta.get("output_top_logprobs", []), with_text)
+        info["output_token_logprobs_length"] = len(out["output_ids"])
     return {"text": out["text"], "output_ids": out["output_ids"], "meta_info": info}
 
 

@@ -41,9 +41,10 @@ def test_generate_logprobs_prompt_and_output(server):
         # prefill only, scoring from a later position (what `select` does)
         scored = http.post("/generate", json={"input_ids": ids, "sampling_params": {"max_new_tokens": 0},
                                               "return_logprob": True, "logprob_start_len": 2}).json()
-        assert scored["output_ids"] == [] and len(scored["meta_info"]["input_token_logprobs"]) == len(ids) - 2
-        assert [t[0] for t in scored["meta_info"]["input_token_logprobs"]] == pytest.approx(
-            [t[0] for t in inputs[2:]], abs=1e-4)
+        scored_lps = scored["meta_info"]["input_token_logprobs"]
+        assert scored["output_ids"] == [] and [t[1] for t in scored_lps] == ids[2:]
+        assert scored_lps[0][0] is None  # SGLang's convention for the first scored token
+        assert [t[0] for t in scored_lps[1:]] == pytest.approx([t[0] for t in inputs[3:]], abs=1e-4)
 
 
 def test_generate_regex_and_json_schema(server):
