@@ -91,6 +91,12 @@ def _delta(ev, call_ids: dict[int, str]) -> dict:
     return {"tool_calls": [{"index": ev.index, "function": {"arguments": ev.text}}]}
 
 
+async def _prepend(first, rest: AsyncIterator) -> AsyncIterator:
+    yield first
+    async for item in rest:
+        yield item
+
+
 async def _events(state: ServerState, body: ChatCompletionRequest, prompt: ChatPrompt, calls: list[Call],
                   rid: str, created: int, texts: TokenTexts) -> AsyncIterator[str]:
     def chunk(index: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> str:
@@ -107,14 +113,7 @@ async def _events(state: ServerState, body: ChatCompletionRequest, prompt: ChatP
         parsers = [StreamingParser(prompt.thinking, prompt.parse_tools) for _ in calls]
         call_ids: list[dict[int, str]] = [{} for _ in calls]
         metas: dict[int, dict] = {}
-        pending = [first]
-        while True:
-            if not pending:
-                try:
-                    pending.append(await anext(source))
-                except StopAsyncIteration:
-                    break
-            index, out = pending.pop()
+        async for index, out in _prepend(first, source):
             meta = out["meta_info"]
             finished = meta["finish_reason"] is not None
             events = parsers[index].feed(out["text"]) + (parsers[index].finish() if finished else [])
