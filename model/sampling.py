@@ -38,7 +38,13 @@ class SampleResult:
     top_logprobs: list[list[tuple[int, float]]]
 
 
+def _needs_adjustment(row: SamplingRow) -> bool:
+    return bool(row.logit_bias or row.presence_penalty or row.frequency_penalty or row.repetition_penalty != 1.0
+                or row.allowed is not None or row.banned)
+
+
 def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    """Bias, penalties and masks for one row, in place."""
     if row.logit_bias:
         ids = torch.tensor(list(row.logit_bias), device=logits.device)
         logits[ids] += torch.tensor(list(row.logit_bias.values()), device=logits.device)
@@ -73,21 +79,24 @@ def _truncate(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
-    """`logits` `[B, V]` fp32, one row per request."""
-    tokens, chosen_lp, tops = [], [], []
+    """`logits` `[B, V]` fp32, one row per request. Log-softmax, greedy picks and top
+    alternatives run on the whole batch; only rows with penalties, masks or random
+    sampling are handled one by one."""
+    logits = logits.clone()
     for i, row in enumerate(rows):
-        lg = _apply_penalties(logits[i].clone(), row)
-        logprobs = torch.log_softmax(lg, dim=-1)
-        if row.temperature == 0 or row.top_k == 1:
-            tok = int(torch.argmax(lg))
-        else:
-            probs = _truncate(lg, row)
-            tok = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
-        tokens.append(tok)
-        chosen_lp.append(float(logprobs[tok]))
-        if row.top_logprobs:
-            vals, ids = torch.topk(logprobs, row.top_logprobs)
-            tops.append(list(zip(ids.tolist(), vals.tolist())))
-        else:
-            tops.append([])
-    return SampleResult(tokens, chosen_lp, tops)
+        if _needs_adjustment(row):
+            _apply_penalties(logits[i], row)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    tokens = torch.argmax(logits, dim=-1)
+    for i, row in enumerate(rows):
+        if not (row.temperature == 0 or row.top_k == 1):
+            probs = _truncate(logits[i], row)
+            tokens[i] = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
+    chosen = logprobs.gather(1, tokens[:, None])[:, 0]
+    k = max(row.top_logprobs for row in rows)
+    tops: list[list[tuple[int, float]]] = [[] for _ in rows]
+    if k:
+        vals, ids = torch.topk(logprobs, k, dim=-1)
+        vals, ids = vals.tolist(), ids.tolist()
+        tops = [list(zip(ids[i][:row.top_logprobs], vals[i][:row.top_logprobs])) for i, row in enumerate(rows)]
+    return SampleResult(tokens.tolist(), chosen.tolist(), tops)
