@@ -47,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         page_size=args.page_size, chunked_prefill_size=args.chunked_prefill_size,
         schedule_policy=args.schedule_policy, max_running_requests=args.max_running_requests,
         kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), mem_fraction=args.mem_fraction,
-        enable_prefix_cache=not args.disable_radix_cache, max_model_len=args.max_model_len)
+        enable_prefix_cache=not args.disable_radix_cache, max_model_len=args.max_model_len,
+        swa_fraction=args.swa_fraction)
     options.validate()
     settings = ServerSettings(host=args.host, port=args.port, served_model_name=args.served_model_name,
                               api_key=args.api_key, max_queued_requests=args.max_queued_requests,
@@ -72,6 +73,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gb", type=float, default=0.25, help="KV pool budget on CPU, GiB")
     p.add_argument("--mem-fraction", type=float, default=0.85, help="fraction of free GPU memory for the KV pools")
     p.add_argument("--disable-radix-cache", action="store_true", help="turn the prefix cache off")
+    p.add_argument("--swa-fraction", type=float, default=1.0,
+                   help="sliding-window pages per compressed page; below 1 trades resume points for capacity")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--default-thinking", action="store_true",
                    help="chat requests that do not choose a reasoning mode use thinking mode")

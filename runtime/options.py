@@ -16,6 +16,7 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     kv_cache_bytes: int = 256 << 20  # state-pool budget on CPU
     mem_fraction: float = 0.85  # on CUDA: fraction of free memory for the state pools
     enable_prefix_cache: bool = True
+    swa_fraction: float = 1.0  # sliding-window pages per compressed page (see scheduler.pools)
     max_model_len: int | None = None
     startup_timeout: float = 300.0
 

@@ -31,7 +31,8 @@ def build_scheduler(opts: EngineOptions):
     if torch.device(opts.device).type == "cuda":
         free, _ = torch.cuda.mem_get_info(torch.device(opts.device))
         budget = int(free * opts.mem_fraction)
-    sizes = sizes_from_budget(cfg, budget, page_size, opts.max_running_requests, dtype)
+    sizes = sizes_from_budget(cfg, budget, page_size, opts.max_running_requests, dtype, opts.swa_fraction,
+                              opts.chunked_prefill_size)
     pools = MemoryPools(cfg, sizes, dtype, opts.device)
     tok = load_tokenizer(opts.model_path)
     sched = Scheduler(model, pools, chunked_prefill_size=opts.chunked_prefill_size, policy=opts.schedule_policy,

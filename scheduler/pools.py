@@ -51,18 +51,37 @@ class PoolSizes:
         return self.num_pages * self.page_size
 
 
+def min_swa_pages(cfg: ModelConfig, page_size: int, max_requests: int, chunk_tokens: int) -> int:
+    """Sliding-window pages the scheduler needs to make progress: every running request's
+    window plus one prefill chunk."""
+    window = -(-cfg.sliding_window // page_size) + 1
+    return max_requests * window + -(-chunk_tokens // page_size)
+
+
 def sizes_from_budget(cfg: ModelConfig, budget_bytes: int, page_size: int, max_requests: int,
-                      dtype: torch.dtype) -> PoolSizes:
-    """Split a byte budget into pages: every page has a compressed part and an SWA part."""
+                      dtype: torch.dtype, swa_fraction: float = 1.0, chunk_tokens: int = 512) -> PoolSizes:
+    """Split a byte budget into compressed pages and sliding-window pages.
+
+    Old pages only need their sliding-window KV as resume points of the prefix cache, so the
+    SWA pool may be a fraction of the page pool (interior windows are tombstoned under
+    pressure); for V4-Flash the SWA part of a page is ~4x its compressed part, so a small
+    fraction multiplies the token capacity."""
+    if not 0 < swa_fraction <= 1:
+        raise ValueError(f"swa_fraction must be in (0, 1], got {swa_fraction}")
     probe = V4KVCache(cfg, CacheShape(page_size, 1, 1, 1), dtype=dtype, device="meta")
     ring_bytes = probe.bytes_per_request_slot() * max_requests
-    per_page = probe.bytes_per_page() + probe.bytes_per_swa_page()
-    pages = (budget_bytes - ring_bytes) // per_page
+    floor_swa = min_swa_pages(cfg, page_size, max_requests, chunk_tokens)
+    page_bytes, swa_bytes = probe.bytes_per_page(), probe.bytes_per_swa_page()
+    pages = int((budget_bytes - ring_bytes) // (page_bytes + swa_fraction * swa_bytes))
+    swa_pages = int(pages * swa_fraction)
+    if swa_pages < floor_swa:  # the floor binds: give it its bytes first
+        swa_pages = floor_swa
+        pages = int((budget_bytes - ring_bytes - swa_pages * swa_bytes) // page_bytes)
     min_pages = -(-cfg.sliding_window // page_size) + 2
     if pages < min_pages:
         raise ValueError(f"memory budget of {budget_bytes} bytes holds {max(pages, 0)} pages of {page_size} "
                          f"tokens; at least {min_pages} are needed")
-    return PoolSizes(page_size, int(pages), int(pages), max_requests)
+    return PoolSizes(page_size, pages, min(swa_pages, pages), max_requests)
 
 
 class MemoryPools:

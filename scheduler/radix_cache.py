@@ -134,10 +134,12 @@ class RadixCache:
                 heapq.heappush(heap, (parent.last_access, id(parent), parent))
         return freed
 
-    def tombstone_swa(self, num_pages: int) -> int:
-        """Drop the sliding-window KV of up to `num_pages` unlocked interior pages (LRU)."""
-        candidates = sorted((n for n in self._nodes() if n.children and n.lock_ref == 0 and n.swa_page is not None),
-                            key=lambda n: n.last_access)
+    def tombstone_swa(self, num_pages: int, protected: frozenset[Node] | set[Node] = frozenset()) -> int:
+        """Drop the sliding-window KV of up to `num_pages` interior pages, least recently used
+        first. `protected` are the pages inside a running request's window; every other
+        interior page may go, locked or not: it only loses its value as a resume point."""
+        candidates = sorted((n for n in self._nodes() if n.children and n.swa_page is not None
+                             and n not in protected), key=lambda n: n.last_access)
         freed = []
         for node in candidates[:num_pages]:
             freed.append(node.swa_page)

@@ -55,6 +55,7 @@ class Request:
     swa_pages: list[int] = field(default_factory=list)
     owned_pages: set[int] = field(default_factory=set)
     owned_swa_pages: set[int] = field(default_factory=set)
+    swa_dropped: int = 0  # leading pages whose sliding-window KV this request no longer references
     computed: int = 0  # tokens whose state is in the cache
     cached_tokens: int = 0  # tokens reused from the prefix cache at (the last) admission
     inserted_pages: int = 0  # leading pages that are nodes of the radix tree

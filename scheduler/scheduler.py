@@ -19,7 +19,7 @@ import torch
 from ..model.batch import ForwardBatch
 from ..model.network import DeepseekV4
 from ..model.sampling import SamplingRow, sample
-from .pools import MemoryPools
+from .pools import MemoryPools, min_swa_pages
 from .radix_cache import RadixCache
 from .request import FinishReason, Request
 
@@ -67,6 +67,10 @@ class Scheduler:
         self.enable_prefix_cache = enable_prefix_cache
         self.max_running = min(max_running or pools.slots.capacity, pools.slots.capacity)
         self.decode_text = decode_text
+        need = min_swa_pages(self.cfg, self.page_size, 1, chunked_prefill_size)
+        if pools.swa_pages.capacity < need:
+            raise ValueError(f"the sliding-window pool has {pools.swa_pages.capacity} pages; one request with "
+                             f"{chunked_prefill_size}-token prefill chunks needs {need}")
         self.cache = RadixCache(self.page_size, self.cfg.sliding_window, pools.pages.free, pools.swa_pages.free)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -147,6 +151,7 @@ class Scheduler:
         req.slot, req.last_node = None, None
         req.pages, req.swa_pages = [], []
         req.owned_pages, req.owned_swa_pages = set(), set()
+        req.swa_dropped = 0
         req.computed = req.inserted_pages = 0
 
     def _insert_full_pages(self, req: Request) -> None:
@@ -178,7 +183,7 @@ class Scheduler:
             short, short_swa = pages - pools.pages.available, pages - pools.swa_pages.available
             if short <= 0 and short_swa <= 0:
                 return True
-            if short_swa > 0 and self.cache.tombstone_swa(short_swa):
+            if short_swa > 0 and self.cache.tombstone_swa(short_swa, self._windows_in_use()):
                 continue
             freed = self.cache.evict(max(short, short_swa))
             self.stats.evicted_pages += freed
@@ -188,6 +193,32 @@ class Scheduler:
             if not victims:
                 return False
             self._retract(max(victims, key=lambda r: (r.pending, len(r.seq))))
+
+    def _first_live_page(self, req: Request) -> int:
+        """The first page whose sliding-window KV the request's next tokens can still attend to."""
+        return max(0, req.computed - self.cfg.sliding_window) // self.page_size
+
+    def _windows_in_use(self) -> set:
+        """Tree nodes holding sliding-window KV that a running request still attends to."""
+        protected = set()
+        for req in self.running:
+            node, live = req.last_node, self._first_live_page(req)
+            while node is not None and node is not self.cache.root and node.depth - 1 >= live:
+                protected.add(node)
+                node = node.parent
+        return protected
+
+    def _drop_old_windows(self, req: Request) -> None:
+        """Forget sliding-window pages behind the request's window; free the private ones.
+        Pages in the radix tree keep theirs (a resume point) until memory runs short."""
+        live = min(self._first_live_page(req), len(req.swa_pages))
+        for k in range(req.swa_dropped, live):
+            swa = req.swa_pages[k]
+            if swa is not None and swa in req.owned_swa_pages:
+                req.owned_swa_pages.discard(swa)
+                self.pools.swa_pages.free([swa])
+            req.swa_pages[k] = None
+        req.swa_dropped = max(req.swa_dropped, live)
 
     def _retract(self, req: Request) -> None:
         self.running.remove(req)
@@ -267,6 +298,7 @@ class Scheduler:
                 self._collect_input_logprobs(req, logits[start:start + n])
             req.computed += n
             self._insert_full_pages(req)
+            self._drop_old_windows(req)
             if req.pending == 0 and req.params.max_new_tokens == 0:
                 req.finish = FinishReason("length")
                 self.running.remove(req)

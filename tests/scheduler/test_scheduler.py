@@ -14,8 +14,8 @@ from banyan.tests.conftest import random_prompt
 P = 128
 
 
-def make_scheduler(model, pages=40, slots=8, chunk=256, cache=True, policy="fcfs") -> Scheduler:
-    pools = MemoryPools(model.cfg, PoolSizes(P, pages, pages, slots), torch.float32, "cpu")
+def make_scheduler(model, pages=40, slots=8, chunk=256, cache=True, policy="fcfs", swa_pages=None) -> Scheduler:
+    pools = MemoryPools(model.cfg, PoolSizes(P, pages, swa_pages or pages, slots), torch.float32, "cpu")
     return Scheduler(model, pools, chunked_prefill_size=chunk, policy=policy, enable_prefix_cache=cache)
 
 
@@ -145,3 +145,37 @@ def test_lpm_policy_matches_fcfs_outputs(tiny_model):
     assert_same_outputs(fcfs, lpm)
     with pytest.raises(ValueError, match="schedule policy"):
         make_scheduler(tiny_model, policy="random")
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_small_sliding_window_pool_keeps_outputs(tiny_model, cache):
+    """Pages behind every running request's window give their SWA KV back (private ones at
+    once, cached ones by tombstoning), so a pool far smaller than the page pool suffices."""
+    prompts = shared_prefix_prompts()
+    roomy = run_all(make_scheduler(tiny_model, cache=cache), prompts, max_new=8)
+    sched = make_scheduler(tiny_model, cache=cache, slots=3, swa_pages=5)
+    small = run_all(sched, prompts, max_new=8)
+    assert_same_outputs(roomy, small)
+    assert sched.pools.swa_pages.capacity == 5 and sched.pools.pages.capacity == 40
+    if cache:
+        assert any(n.swa_page is None for n in sched.cache._nodes())  # interior windows were tombstoned
+        assert sum(r.cached_tokens for r in small.values()) > 0
+    assert sched.flush_cache() and sched.pools.is_full()
+
+
+def test_sliding_window_pool_too_small_for_one_chunk_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="sliding-window pool"):
+        make_scheduler(tiny_model, chunk=512, swa_pages=4)
+
+
+def test_swa_fraction_multiplies_flash_capacity():
+    from banyan.model.config import ModelConfig
+    from banyan.scheduler.pools import sizes_from_budget
+
+    cfg = ModelConfig.preset("flash")
+    full = sizes_from_budget(cfg, 8 << 30, P, 16, torch.bfloat16)
+    quarter = sizes_from_budget(cfg, 8 << 30, P, 16, torch.bfloat16, swa_fraction=0.25)
+    assert full.num_swa_pages == full.num_pages
+    assert quarter.num_pages > 2 * full.num_pages and quarter.num_swa_pages < quarter.num_pages // 3
+    with pytest.raises(ValueError, match="swa_fraction"):
+        sizes_from_budget(cfg, 8 << 30, P, 16, torch.bfloat16, swa_fraction=0)
