@@ -61,7 +61,7 @@ class SchedulerLoop:
         msg.params.validate(self.sched.cfg.vocab_size)
         if any(not 0 <= t < self.sched.cfg.vocab_size for t in msg.input_ids):
             raise ValueError("input_ids has a token id outside the vocabulary")
-        constraint = self.grammars().new_state(msg.grammar) if msg.grammar is not None else None
+        constraint = self.grammars().new_state(msg.grammar, msg.input_ids) if msg.grammar is not None else None
         return Request(msg.rid, list(msg.input_ids), msg.params, msg.return_logprob, msg.top_logprobs_num,
                        logprob_start_len=msg.logprob_start_len, constraint=constraint)
 

@@ -1,10 +1,13 @@
 """Constrained decoding: xgrammar grammars as per-request token masks.
 
-A `GrammarSpec` travels with a request over IPC; the scheduler process compiles it (cached)
-and keeps a `GrammarState` per request, which gives the sampler a bool mask of allowed
-tokens and advances on every sampled token. With `start_after` (V4's `</think>` in thinking
-mode) the grammar stays inactive until that token is generated, so reasoning is free and
-only the answer is constrained.
+A `GrammarSpec` travels with a request over IPC; the scheduler process compiles it (LRU-cached)
+and keeps a `GrammarState` per request, which gives the sampler a bool mask of the tokens allowed
+next and advances on every sampled token. With `start_after` (V4's `</think>` in thinking mode)
+the grammar stays inactive until that token is generated, so reasoning is free and only the
+answer is constrained.
+
+JSON is always constrained without free whitespace (`, ` and `: ` separators, as `json.dumps`
+writes): a weak or random model can otherwise loop on whitespace forever.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import re
 from functools import lru_cache
 
 import msgspec
+import numpy as np
 import torch
 import xgrammar as xgr
 
 KINDS = ("regex", "json_schema", "json_object", "choice", "ebnf", "structural_tag")
-_BIT_WEIGHTS = torch.tensor([1 << i for i in range(32)], dtype=torch.int64)
+STOP_TOKEN = 1  # V4's EOS, its only stop token
+DSML = "｜DSML｜"
+_JSON_SEPARATORS = (", ", ": ")  # as json.dumps writes, and the V4 chat encoding with it
 
 
 class GrammarError(ValueError):
@@ -31,130 +37,184 @@ class GrammarSpec(msgspec.Struct, frozen=True):
     start_after: int | None = None  # token id that activates the grammar (None: active from the start)
 
 
-DSML = "｜DSML｜"
+def _reason(exc: Exception) -> str:
+    """xgrammar's message without its C++ location and assertion prefix."""
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: (Check failed: \(.*?\) is false: )?", "", str(exc).strip())
 
 
-def _literal(text: str) -> xgr.Grammar:
-    return xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text, ensure_ascii=False)}" if text else 'root ::= ""')
+# --- the DSML tool-call grammar, as an xgrammar structural tag -------------------------------------
+
+def _const(text: str) -> dict:
+    return {"type": "const_string", "value": text}
 
 
-def _raw_string(schema: dict) -> xgr.Grammar:
-    """A `string="true"` value: raw text that cannot open a tag, or one of the enum values."""
+def _seq(*elements: dict) -> dict:
+    return {"type": "sequence", "elements": list(elements)} if len(elements) != 1 else elements[0]
+
+
+def _or(*elements: dict) -> dict:
+    return {"type": "or", "elements": list(elements)} if len(elements) != 1 else elements[0]
+
+
+def _optional(element: dict) -> dict:
+    return {"type": "optional", "content": element}
+
+
+def _raw_string(schema: dict) -> dict:
+    """A `string="true"` value: one of the enum values, or raw text that cannot open a tag."""
     if schema.get("enum"):
-        return xgr.Grammar.union(*[_literal(str(v)) for v in schema["enum"]])
+        return _or(*[_const(str(v)) for v in schema["enum"]])
     most = schema.get("maxLength")
-    return xgr.Grammar.from_regex(f"[^<]{{{schema.get('minLength', 0)},{most}}}" if most is not None else "[^<]*")
+    return {"type": "regex", "pattern": f"[^<]{{{schema.get('minLength', 0)},{'' if most is None else most}}}"}
 
 
-def _parameter(name: str, schema: dict) -> xgr.Grammar:
+def _parameter(name: str, schema: dict) -> dict:
+    """One parameter followed by its newline."""
     is_string = schema.get("type") == "string"
+    if is_string:
+        value = _raw_string(schema)
+    else:
+        json_grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False, separators=_JSON_SEPARATORS)
+        value = {"type": "grammar", "grammar": str(json_grammar)}
     head = f'<{DSML}parameter name="{name}" string="{"true" if is_string else "false"}">'
-    value = _raw_string(schema) if is_string else xgr.Grammar.from_json_schema(schema, any_whitespace=False)
-    return xgr.Grammar.concat(_literal(head), value, _literal(f"</{DSML}parameter>\n"))
+    return _seq(_const(head), value, _const(f"</{DSML}parameter>\n"))
 
 
-def _invoke(function: dict) -> xgr.Grammar:
-    """One `<｜DSML｜invoke>` block: required parameters in schema order, optional ones may be left out."""
-    params = function.get("parameters") or {}
-    required = set(params.get("required", []))
-    parts = [_literal(f'<{DSML}invoke name="{function["name"]}">\n')]
-    for name, schema in (params.get("properties") or {}).items():
-        piece = _parameter(name, schema if isinstance(schema, dict) else {})
-        parts.append(piece if name in required else xgr.Grammar.union(piece, _literal("")))
-    parts.append(_literal(f"</{DSML}invoke>"))
-    return xgr.Grammar.concat(*parts)
+def _parameters(function: dict) -> dict:
+    """The parameters of one invoke, in `properties` order; required ones must appear, optional
+    ones may be left out. An invoke without parameters renders as a blank line, so when none is
+    required the block is either that blank line or starts at its first present parameter."""
+    schema = function.get("parameters") or {}
+    required = set(schema.get("required") or [])
+    params = [(_parameter(k, s if isinstance(s, dict) else {}), k in required)
+              for k, s in (schema.get("properties") or {}).items()]
+
+    def from_(i: int) -> list[dict]:
+        return [p if needed else _optional(p) for p, needed in params[i:]]
+
+    if any(needed for _, needed in params):
+        return _seq(*from_(0))
+    return _or(_const("\n"), *[_seq(p, *from_(i + 1)) for i, (p, _) in enumerate(params)])
 
 
 def tool_call_grammar(tools: list[dict], required_name: str | None = None,
                       start_after: int | None = None) -> GrammarSpec:
-    """A grammar that forces one V4 DSML tool call of `tools` (of `required_name` only, if given),
-    byte-exact to the chat encoding, with parameters following each function's JSON schema and
-    no free whitespace (xgrammar's built-in `deepseek_v4` tag allows whitespace a random or
-    weak model can loop on)."""
-    functions = [t["function"] for t in tools if not required_name or t["function"]["name"] == required_name]
+    """A grammar that forces a V4 DSML tool-call block, byte-exact to the chat encoding: one or more
+    invokes of any of `tools` (OpenAI tool dicts), or exactly one of `required_name`, then EOS.
+
+    Parameters follow each function's JSON schema: string-typed ones are raw text without `<`
+    (`enum` and `maxLength`/`minLength` honoured), others compact JSON constrained by their schema.
+    """
+    functions = [t["function"] for t in tools if required_name is None or t["function"]["name"] == required_name]
     if not functions:
-        raise GrammarError(f"no tool named {required_name!r}")
+        raise GrammarError(f"no tool named {required_name!r}" if required_name else "no tools to call")
     try:
-        invokes = xgr.Grammar.union(*[_invoke(f) for f in functions])
-        grammar = xgr.Grammar.concat(_literal(f"\n\n<{DSML}tool_calls>\n"), invokes,
-                                     _literal(f"\n</{DSML}tool_calls>"))
-    except Exception as exc:  # xgrammar raises several types for bad schemas
-        raise GrammarError(f"cannot build a tool-call grammar: {exc}") from None
-    return GrammarSpec("ebnf", str(grammar), start_after)
+        invoke = _or(*[_seq(_const(f'<{DSML}invoke name="{f["name"]}">\n'), _parameters(f),
+                            _const(f"</{DSML}invoke>\n")) for f in functions])
+    except RuntimeError as exc:  # xgrammar rejects the parameter schema
+        raise GrammarError(f"cannot build a tool-call grammar: {_reason(exc)}") from None
+    calls = invoke if required_name else {"type": "plus", "content": invoke}
+    block = _seq(_const(f"\n\n<{DSML}tool_calls>\n"), calls, _const(f"</{DSML}tool_calls>"))
+    return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag", "format": block},
+                                                    ensure_ascii=False), start_after)
 
 
-class GrammarCompiler:
-    """Compiles specs against the V4 vocabulary; building it indexes the tokenizer once."""
-
-    def __init__(self, tokenizer, vocab_size: int, max_threads: int = 2) -> None:
-        self.vocab_size = vocab_size
-        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=[1])
-        self._compiler = xgr.GrammarCompiler(self.info, max_threads=max_threads)
-        self.compile = lru_cache(maxsize=256)(self._compile)
-
-    def _compile(self, spec: GrammarSpec) -> xgr.CompiledGrammar:
-        c = self._compiler
-        try:
-            if spec.kind == "regex":
-                return c.compile_regex(spec.value)
-            if spec.kind == "json_schema":
-                return c.compile_json_schema(spec.value, any_whitespace=False)
-            if spec.kind == "json_object":
-                return c.compile_json_schema('{"type": "object"}', any_whitespace=False)
-            if spec.kind == "choice":
-                return c.compile_regex(_choice_regex(spec.value))
-            if spec.kind == "ebnf":
-                return c.compile_grammar(spec.value)
-            if spec.kind == "structural_tag":
-                return c.compile_structural_tag(spec.value)
-        except GrammarError:
-            raise
-        except Exception as exc:  # xgrammar reports bad input as RuntimeError/ValueError with a reason
-            raise GrammarError(f"invalid {spec.kind} grammar: {exc}") from None
-        raise GrammarError(f"unknown grammar kind {spec.kind!r}; expected one of {', '.join(KINDS)}")
-
-    def new_state(self, spec: GrammarSpec) -> "GrammarState":
-        return GrammarState(self.compile(spec), self.vocab_size, spec.start_after)
-
-
-def _choice_regex(value: str) -> str:
+def _choice_ebnf(value: str) -> str:
     try:
         choices = json.loads(value)
     except json.JSONDecodeError:
         choices = None
-    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c for c in choices):
-        raise GrammarError("choice grammar needs a JSON list of non-empty strings")
-    return "|".join("(" + re.sub(r"([.^$*+?()\[\]{}|\\/])", r"\\\1", c) + ")" for c in choices)
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        raise GrammarError(f"choice grammar needs a non-empty JSON list of strings, got {value!r}")
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+# --- compiling and matching --------------------------------------------------------------------------
+
+def _tokenizer_info(tokenizer, vocab_size: int) -> xgr.TokenizerInfo:
+    """The vocabulary for xgrammar, with special added tokens other than EOS (BOS, `<｜image｜>`,
+    reserved placeholders) left empty: xgrammar would otherwise treat their text as ordinary
+    text, and a detokenizer that skips special tokens would drop it from the output."""
+    detected = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=[STOP_TOKEN])
+    special = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special and i != STOP_TOKEN}
+    vocab = [""] * vocab_size
+    for token, i in tokenizer.get_vocab().items():
+        if i < vocab_size and i not in special:
+            vocab[i] = token
+    return xgr.TokenizerInfo(vocab, detected.vocab_type, vocab_size=vocab_size, stop_token_ids=[STOP_TOKEN],
+                             add_prefix_space=detected.add_prefix_space)
+
+
+class GrammarCompiler:
+    """Compiles specs against the V4 vocabulary; building it indexes the tokenizer once (~1 s)."""
+
+    def __init__(self, tokenizer, vocab_size: int, max_threads: int = 2, cache_size: int = 256) -> None:
+        self.vocab_size = vocab_size
+        # Our LRU bounds the cache; xgrammar's own would grow with every distinct grammar.
+        self._compiler = xgr.GrammarCompiler(_tokenizer_info(tokenizer, vocab_size), max_threads=max_threads,
+                                             cache_enabled=False)
+        self._compile_cached = lru_cache(maxsize=cache_size)(self._compile)
+
+    def compile(self, spec: GrammarSpec) -> xgr.CompiledGrammar:
+        """The compiled grammar (LRU-cached by spec); raises GrammarError for an invalid one."""
+        return self._compile_cached(spec)
+
+    def _compile(self, spec: GrammarSpec) -> xgr.CompiledGrammar:
+        c = self._compiler
+        compilers = {
+            "regex": lambda v: c.compile_regex(v),
+            "json_schema": lambda v: c.compile_json_schema(v, any_whitespace=False, separators=_JSON_SEPARATORS),
+            "json_object": lambda v: c.compile_json_schema('{"type": "object"}', any_whitespace=False,
+                                                           separators=_JSON_SEPARATORS),
+            "choice": lambda v: c.compile_grammar(_choice_ebnf(v)),
+            "ebnf": lambda v: c.compile_grammar(v),
+            "structural_tag": lambda v: c.compile_structural_tag(v),
+        }
+        if spec.kind not in compilers:
+            raise GrammarError(f"unknown grammar kind {spec.kind!r}; expected one of {', '.join(KINDS)}")
+        try:
+            return compilers[spec.kind](spec.value)
+        except RuntimeError as exc:  # xgrammar reports every invalid input as a RuntimeError
+            raise GrammarError(f"invalid {spec.kind} grammar: {_reason(exc)}") from None
+
+    def new_state(self, spec: GrammarSpec, prompt_ids: list[int] | None = None) -> GrammarState:
+        """A fresh matcher for one request. With `start_after` set, the grammar activates once that
+        token is accepted from the output, or from the start if the prompt already ends with it."""
+        active = spec.start_after is None or bool(prompt_ids) and prompt_ids[-1] == spec.start_after
+        return GrammarState(self.compile(spec), self.vocab_size, spec.start_after, active)
 
 
 class GrammarState:
     """One request's position in its grammar."""
 
-    def __init__(self, compiled: xgr.CompiledGrammar, vocab_size: int, start_after: int | None) -> None:
-        self.matcher = xgr.GrammarMatcher(compiled)
-        self.vocab_size = vocab_size
-        self.active = start_after is None
-        self.start_after = start_after
+    def __init__(self, compiled: xgr.CompiledGrammar, vocab_size: int, start_after: int | None,
+                 active: bool) -> None:
+        self._matcher = xgr.GrammarMatcher(compiled)
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        self.vocab_size = vocab_size
+        self.start_after = start_after
+        self.active = active
 
     def allowed(self) -> torch.Tensor | None:
-        """Bool `[vocab_size]` of the tokens allowed next; None while the grammar is inactive."""
-        if not self.active:
+        """Bool `[vocab_size]` of the tokens allowed next; None while the grammar is inactive or
+        after it finished (then nothing constrains the output, e.g. under `ignore_eos`)."""
+        if not self.active or self.done:
             return None
-        self.matcher.fill_next_token_bitmask(self._bitmask)
-        words = self._bitmask[0].to(torch.int64) & 0xFFFFFFFF
-        bits = (words[:, None] & _BIT_WEIGHTS) != 0
-        return bits.reshape(-1)[:self.vocab_size]
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        # Token 32*i + j is bit j of little-endian int32 word i, i.e. bit order "little" over bytes.
+        # numpy, not torch: torch would split this small op across its thread pool, and the
+        # hand-off costs milliseconds when the cores are busy.
+        bits = np.unpackbits(self._bitmask[0].numpy().view(np.uint8), count=self.vocab_size, bitorder="little")
+        return torch.from_numpy(bits).view(torch.bool)
 
     def accept(self, token: int) -> None:
+        """Advance by one generated token; raises GrammarError for a token the grammar rejects."""
         if not self.active:
             self.active = token == self.start_after
-            return
-        if self.matcher.is_terminated():
-            return
-        if not self.matcher.accept_token(token):
+        elif not self.done and not self._matcher.accept_token(token):
             raise GrammarError(f"token {token} is not allowed by the grammar here")
 
     @property
     def done(self) -> bool:
-        return self.active and self.matcher.is_terminated()
+        """The grammar reached its end: EOS was accepted."""
+        return self._matcher.is_terminated()

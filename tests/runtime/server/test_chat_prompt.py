@@ -52,7 +52,7 @@ def test_prompts_for_modes_tools_and_tool_choice():
     none = build_chat_prompt(req(tools=[TOOL], tool_choice="none"), False)
     assert not none.parse_tools and "## Tools" not in none.text
     forced = build_chat_prompt(req(tools=[TOOL], tool_choice="required", reasoning_effort="high"), False)
-    assert forced.grammar.kind == "ebnf" and forced.grammar.start_after == 128822
+    assert forced.grammar.kind == "structural_tag" and forced.grammar.start_after == 128822
     fmt = build_chat_prompt(req(response_format={"type": "json_object"}), False)
     assert fmt.grammar.kind == "json_object" and fmt.grammar.start_after is None
     with pytest.raises(APIError):
