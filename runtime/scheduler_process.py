@@ -111,7 +111,8 @@ def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, read
         ready.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return
     ready.send({"ok": True, "token_capacity": sched.pools.sizes.max_tokens,
-                "vocab_size": sched.cfg.vocab_size, "eos_token_id": sched.cfg.eos_token_id})
+                "vocab_size": sched.cfg.vocab_size, "eos_token_id": sched.cfg.eos_token_id,
+                "page_size": sched.page_size})
     try:
         SchedulerLoop(sched, recv, send, tok).run()
     except Exception:

@@ -187,6 +187,7 @@ async def server_info(http: Request):
     info.pop("api_key", None)
     if state.engine is not None:
         info["max_model_len"] = state.max_model_len
+        info["page_size"] = state.engine.info["page_size"]  # resolved when the option left it to the model
         info["internal_states"] = [await asyncio.to_thread(state.engine.stats)]
     return info
 

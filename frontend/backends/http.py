@@ -1,0 +1,45 @@
+"""HTTP plumbing shared by the server backends: clients, errors, server-sent events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import httpx
+
+from ..errors import BackendError
+
+
+def make_client(base_url: str, api_key: str | None, timeout: float | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """BackendError with the server's message (OpenAI error body or plain text) on a failure."""
+    if response.status_code < 400:
+        return
+    response.read()
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    raise BackendError(f"{response.request.method} {response.request.url.path} failed "
+                       f"({response.status_code}): {message}")
+
+
+def request_json(client: httpx.Client, method: str, path: str, body: dict | None = None) -> Any:
+    response = client.request(method, path, json=body)
+    raise_for_status(response)
+    return response.json()
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of a server-sent event stream, up to `data: [DONE]`."""
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
