@@ -11,7 +11,7 @@ from typing import Any
 
 from ..sampling import SamplingParams
 from .base import Completion, OnText
-from .http import make_client, raise_for_status, request_json, sse_events
+from .http import make_client, request_json, send, sse_events
 from .text import TextBackend
 
 
@@ -39,12 +39,14 @@ class RuntimeEndpoint(TextBackend):
             out = request_json(self._http, "POST", "/generate", body)
             return Completion(out["text"], out["meta_info"])
         text, meta = "", {}
-        with self._http.stream("POST", "/generate", json={**body, "stream": True}) as response:
-            raise_for_status(response)
+        response = send(self._http, "POST", "/generate", {**body, "stream": True}, stream=True)
+        try:
             for event in sse_events(response):  # each event carries the whole text so far
                 delta, text, meta = event["text"][len(text):], event["text"], event["meta_info"]
                 if delta:
                     on_text(delta)
+        finally:
+            response.close()
         return Completion(text, meta)
 
     def tokenize(self, text: str) -> list[int]:
@@ -59,7 +61,7 @@ class RuntimeEndpoint(TextBackend):
                 for out, start in zip(outs, starts)]
 
     def flush_cache(self) -> bool:
-        return self._http.post("/flush_cache").status_code == 200
+        return self._http.post("/flush_cache").status_code == 200  # 400 while requests are in flight
 
     def get_server_info(self) -> dict[str, Any]:
         return request_json(self._http, "GET", "/server_info")

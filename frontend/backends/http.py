@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Iterator
 
 import httpx
 
 from ..errors import BackendError
+
+RETRIES = 8  # 503s (the server is starting or its queue is full) waited out before giving up
+MAX_WAIT = 5.0  # seconds: the longest Retry-After honoured between two tries
 
 
 def make_client(base_url: str, api_key: str | None, timeout: float | None) -> httpx.Client:
@@ -28,10 +32,26 @@ def raise_for_status(response: httpx.Response) -> None:
                        f"({response.status_code}): {message}")
 
 
+def send(client: httpx.Client, method: str, path: str, body: dict | None = None,
+         stream: bool = False) -> httpx.Response:
+    """The response to a request, retried while the server answers 503 (after its Retry-After);
+    BackendError for a failure. A streamed response must be closed by the caller."""
+    for attempt in range(RETRIES + 1):
+        response = client.send(client.build_request(method, path, json=body), stream=stream)
+        if response.status_code != 503 or attempt == RETRIES:
+            break
+        response.close()
+        time.sleep(min(float(response.headers.get("Retry-After", 1)), MAX_WAIT))
+    try:
+        raise_for_status(response)
+    except BackendError:
+        response.close()
+        raise
+    return response
+
+
 def request_json(client: httpx.Client, method: str, path: str, body: dict | None = None) -> Any:
-    response = client.request(method, path, json=body)
-    raise_for_status(response)
-    return response.json()
+    return send(client, method, path, body).json()
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:

@@ -3,8 +3,6 @@ per session (`LocalEngine`), and a live `banyan serve` for the HTTP backends."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 import banyan.frontend as sgl
@@ -50,11 +48,7 @@ def server(tiny_official, tmp_path_factory):
     live = start_server(tiny_official, tmp_path_factory.mktemp("frontend-server") / "server.log",
                         "--max-running-requests", "8", "--max-queued-requests", "64")
     yield live
-    live.proc.terminate()
-    try:
-        live.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        live.proc.kill()
+    live.stop()
 
 
 @pytest.fixture

@@ -33,6 +33,13 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
 
 def start_server(model_path, log_path, *extra: str) -> LiveServer:
     port = free_port()
@@ -66,11 +73,7 @@ def start_server(model_path, log_path, *extra: str) -> LiveServer:
 def server(tiny_official, tmp_path_factory):
     srv = start_server(tiny_official, tmp_path_factory.mktemp("server") / "server.log")
     yield srv
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
+    srv.stop()
 
 
 @pytest.fixture(scope="session")
