@@ -4,7 +4,8 @@ A gen that starts an assistant turn is a `/v1/chat/completions` request with the
 messages: reasoning through `chat_template_kwargs.thinking` and `reasoning_effort`, tools and
 `tool_choice`, `json_schema` as `response_format`. A gen anywhere else continues the V4 prompt
 text with `/v1/completions`. Chat APIs return no prompt logprobs and take no regex, so `select`,
-`regex` and `dtype` raise `UnsupportedFeatureError`; streaming delivers each turn in one piece.
+`regex` and `dtype` raise `UnsupportedFeatureError`. Streaming runs stream the server's
+deltas (reasoning, content) as they arrive.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..choices import ChoicesDecision, ChoicesSamplingMethod
 from ..errors import UnsupportedFeatureError
 from ..sampling import SamplingParams
 from .base import Backend, Completion, OnText, TurnRequest, TurnResult, TurnSink
-from .http import make_client, request_json
+from .http import make_client, request_json, send, sse_events
 
 _OPTIONAL = {"top_k": -1, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": None,
              "ignore_eos": False}
@@ -53,6 +54,67 @@ def _meta(out: dict[str, Any], logprobs: list[list[Any]] | None) -> dict[str, An
     return meta
 
 
+def _merge_tool_call(calls: list[dict[str, Any]], delta: dict[str, Any]) -> None:
+    """Add a streamed tool-call fragment (OpenAI sends the id and name once, then arguments)."""
+    index = delta.get("index", len(calls))
+    while len(calls) <= index:
+        calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    call, function = calls[index], delta.get("function") or {}
+    call["id"] = delta.get("id") or call["id"]
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _collect_chat_stream(response, sink: TurnSink) -> dict[str, Any]:
+    """A streamed chat completion as the non-streamed reply, feeding `sink` on the way."""
+    message: dict[str, Any] = {"content": "", "reasoning_content": "", "tool_calls": []}
+    out: dict[str, Any] = {"choices": [{"message": message, "finish_reason": None, "logprobs": {"content": []}}]}
+    for chunk in sse_events(response):
+        out["id"] = chunk.get("id", out.get("id"))
+        out["usage"] = chunk.get("usage") or out.get("usage")
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            for key, write in (("reasoning_content", sink.reasoning), ("content", sink.content)):
+                if delta.get(key):
+                    message[key] += delta[key]
+                    write(delta[key])
+            for call in delta.get("tool_calls") or []:
+                _merge_tool_call(message["tool_calls"], call)
+            out["choices"][0]["logprobs"]["content"] += (choice.get("logprobs") or {}).get("content") or []
+            out["choices"][0]["finish_reason"] = choice.get("finish_reason") or out["choices"][0]["finish_reason"]
+    return out
+
+
+def _collect_completion_stream(response, on_text: OnText) -> dict[str, Any]:
+    """A streamed text completion as the non-streamed reply, feeding `on_text` on the way."""
+    logprobs: dict[str, list] = {"tokens": [], "token_logprobs": []}
+    choice: dict[str, Any] = {"text": "", "finish_reason": None, "logprobs": logprobs}
+    out: dict[str, Any] = {"choices": [choice]}
+    for chunk in sse_events(response):
+        out["id"] = chunk.get("id", out.get("id"))
+        out["usage"] = chunk.get("usage") or out.get("usage")
+        for part in chunk.get("choices") or []:
+            if part.get("text"):
+                choice["text"] += part["text"]
+                on_text(part["text"])
+            for key in logprobs:
+                logprobs[key] += (part.get("logprobs") or {}).get(key) or []
+            choice["finish_reason"] = part.get("finish_reason") or choice["finish_reason"]
+    return out
+
+
+def _post(client, path: str, body: dict[str, Any], collect, on_delta) -> dict[str, Any]:
+    """POST `body`; with `on_delta`, as a stream that `collect` turns into the whole reply."""
+    if on_delta is None:
+        return request_json(client, "POST", path, body)
+    response = send(client, "POST", path, {**body, "stream": True, "stream_options": {"include_usage": True}},
+                    stream=True)
+    try:
+        return collect(response, on_delta)
+    finally:
+        response.close()
+
+
 class OpenAI(Backend):
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  timeout: float | None = 600.0) -> None:
@@ -65,14 +127,12 @@ class OpenAI(Backend):
         body = {"model": self.model, "prompt": prompt, **_sampling(params)}
         if params.return_logprob:
             body["logprobs"] = params.top_logprobs_num
-        out = request_json(self._http, "POST", "/completions", body)
+        out = _post(self._http, "/completions", body, _collect_completion_stream, on_text)
         choice = out["choices"][0]
         logprobs = None
         if params.return_logprob:
             lp = choice.get("logprobs") or {}
             logprobs = [[p, None, t] for p, t in zip(lp.get("token_logprobs", []), lp.get("tokens", []))]
-        if on_text is not None and choice["text"]:
-            on_text(choice["text"])
         return Completion(choice["text"], _meta(out, logprobs))
 
     def assistant_turn(self, request: TurnRequest, sink: TurnSink | None = None) -> TurnResult:
@@ -90,7 +150,7 @@ class OpenAI(Backend):
                                    else {"type": "function", "function": {"name": request.tool_choice}})
         if params.return_logprob:
             body.update(logprobs=True, top_logprobs=params.top_logprobs_num or None)
-        out = request_json(self._http, "POST", "/chat/completions", body)
+        out = _post(self._http, "/chat/completions", body, _collect_chat_stream, sink)
         choice = out["choices"][0]
         message = choice["message"]
         logprobs = None
@@ -98,11 +158,6 @@ class OpenAI(Backend):
             logprobs = [[t["logprob"], None, t["token"]] for t in (choice.get("logprobs") or {}).get("content") or []]
         reasoning = (message.get("reasoning_content") or "") if request.thinking else None
         content = message.get("content") or ""
-        if sink is not None:
-            if reasoning:
-                sink.reasoning(reasoning)
-            if content:
-                sink.content(content)
         return TurnResult(content, reasoning, message.get("tool_calls") or [], _meta(out, logprobs))
 
     def select(self, prompt: str, choices: list[str], method: ChoicesSamplingMethod) -> ChoicesDecision:

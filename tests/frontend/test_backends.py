@@ -206,3 +206,26 @@ def test_server_info_reports_the_page_size(endpoint):
 def test_backend_errors_carry_the_server_message(server):
     with pytest.raises(sgl.BackendError, match="401"):
         sgl.RuntimeEndpoint(server.url, api_key="wrong")
+
+
+@pytest.mark.parametrize("backend_name", ["endpoint", "openai_backend"])
+def test_streamed_runs_match_plain_runs(backend_name, request):
+    backend = request.getfixturevalue(backend_name)
+
+    @sgl.function
+    def story(s):
+        s += sgl.user("Tell a story.")
+        s += sgl.assistant(sgl.gen("story", max_tokens=24, thinking=True))
+
+    @sgl.function
+    def free(s):
+        s += "Once upon a time" + sgl.gen("rest", max_tokens=16)
+
+    # The thinking turn's reasoning streams first (its answer may be empty: 24 tokens in all).
+    for program, name in ((story, "story_reasoning"), (free, "rest")):
+        plain = program.run(temperature=0)
+        streamed = program.run(temperature=0, stream=True)
+        pieces = list(streamed.text_iter(name))
+        assert len(pieces) > 1 and "".join(pieces) == streamed[name] == plain[name]
+        assert streamed.text() == plain.text()
+    assert streamed.get_meta_info("rest")["completion_tokens"] == plain.get_meta_info("rest")["completion_tokens"]
