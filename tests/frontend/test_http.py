@@ -44,12 +44,3 @@ def test_errors_are_not_retried():
     with pytest.raises(BackendError, match="500.*boom"):
         http.request_json(client([httpx.Response(500, text="boom")], []), "GET", "/x")
 
-
-def test_the_language_imports_no_model_code():
-    """Programs that talk to a server need neither the model nor torch in their process."""
-    import subprocess
-    import sys
-
-    code = ("import sys, banyan.frontend; print(sorted(m for m in sys.modules if m == 'torch' or "
-            "m.startswith(('banyan.model', 'banyan.kernels', 'banyan.scheduler'))))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
