@@ -258,8 +258,12 @@ class Scheduler:
                 plan.append((req, n))
                 budget -= n
         self._order_waiting()
+        deferred: list[Request] = []
         while self.waiting and budget > 0:
             req = self.waiting[0]
+            if self._prefix_being_computed(req):
+                deferred.append(self.waiting.popleft())
+                continue
             if not self._admit(req):
                 break
             self.waiting.popleft()
@@ -267,7 +271,23 @@ class Scheduler:
             n = min(req.pending, budget)
             plan.append((req, n))
             budget -= n
+        self.waiting.extendleft(reversed(deferred))
         return plan
+
+    def _prefix_being_computed(self, req: Request) -> bool:
+        """Whether a running request is still prefilling the first page of `req` that the cache
+        lacks. Admitting `req` after that page is cached reuses it instead of computing it
+        twice (requests sharing a system prompt often arrive together)."""
+        if not self.enable_prefix_cache:
+            return False
+        p, reusable = self.page_size, self._max_reuse_pages(req)
+        first = len(self.cache.match_prefix(req.seq, max_pages=reusable).nodes)
+        if first >= reusable:
+            return False
+        end = (first + 1) * p
+        page = req.seq[end - p:end]
+        return any(other.computed < end <= len(other.prompt_ids) and other.seq[end - p:end] == page
+                   for other in self.running)
 
     def step(self) -> list[StepOutput]:
         outputs, self._aborted = self._aborted, []

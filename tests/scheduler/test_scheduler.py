@@ -73,6 +73,17 @@ def test_chunk_size_and_batching_do_not_change_outputs(tiny_model, chunk):
     assert_same_outputs(alone, together)
 
 
+def test_requests_arriving_together_compute_a_shared_prefix_once(tiny_model):
+    shared = random_prompt(2 * P + 30, seed=7)
+    prompts = {f"q{i}": shared + random_prompt(10 + i, seed=300 + i) for i in range(4)}
+    sched = make_scheduler(tiny_model, chunk=1000)
+    together = run_all(sched, prompts)
+    # later arrivals waited for the first one's full pages of the shared prefix and reused them
+    assert sched.stats.prefill_tokens == len(prompts["q0"]) + sum(len(prompts[f"q{i}"]) - 2 * P for i in (1, 2, 3))
+    assert sorted(r.cached_tokens for r in together.values()) == [0, 2 * P, 2 * P, 2 * P]
+    assert_same_outputs(run_all(make_scheduler(tiny_model, cache=False), prompts), together)
+
+
 def test_pools_are_full_again_after_flush(tiny_model):
     sched = make_scheduler(tiny_model)
     run_all(sched, shared_prefix_prompts())
