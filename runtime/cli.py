@@ -88,6 +88,12 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..benchmarks.cli import main as bench_main
+
+    return bench_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banyan", description="Serving runtime for the DeepSeek-V4 family")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,10 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny", help="write a random tiny V4 checkpoint (see python -m banyan.model.make_tiny -h)")
     tiny.add_argument("rest", nargs=argparse.REMAINDER)
     tiny.set_defaults(func=cmd_make_tiny)
+    bench = sub.add_parser("bench", help="benchmarks: serve, offline, programs, gpu (see banyan bench -h)",
+                           add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser takes everything after it, `-h` included
+        return cmd_bench(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

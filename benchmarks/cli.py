@@ -1,0 +1,42 @@
+"""`banyan bench ...`: the benchmarks as subcommands.
+
+    banyan bench serve --url http://127.0.0.1:30000 --dataset shared-prefix ...   (online, over HTTP)
+    banyan bench offline [--out results/offline.json]                           (Engine vs transformers)
+    banyan bench programs [--out results/programs.json]                         (frontend programs, cache on/off)
+    banyan bench gpu [--tiny]                                                   (decode MBU, prefill FLOP/s)
+
+Each subcommand is also `python -m banyan.benchmarks.<serving|offline|programs|gpu>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import gpu, offline, programs, serving
+
+SUBCOMMANDS = {
+    "serve": (serving, "online benchmark against a running server"),
+    "offline": (offline, "Engine (cache on/off) vs transformers generate on the same prompts"),
+    "programs": (programs, "frontend programs with the radix cache on and off"),
+    "gpu": (gpu, "model decode tokens/s with MBU and prefill FLOP/s (--tiny: CPU smoke test)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="banyan bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=module.__doc__.splitlines()[0])
+        module.add_args(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
