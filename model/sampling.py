@@ -29,12 +29,13 @@ class SamplingRow:
     allowed: torch.Tensor | None = None  # bool [V]: the only tokens that may be sampled
     banned: list[int] = field(default_factory=list)  # tokens that may not be sampled (min_new_tokens)
     top_logprobs: int = 0
+    logprob: bool = True  # report the chosen token's logprob
 
 
 @dataclass
 class SampleResult:
     tokens: list[int]
-    logprobs: list[float]
+    logprobs: list[float | None]  # None for rows that did not ask for it
     top_logprobs: list[list[tuple[int, float]]]
 
 
@@ -79,24 +80,35 @@ def _truncate(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
-    """`logits` `[B, V]` fp32, one row per request. Log-softmax, greedy picks and top
-    alternatives run on the whole batch; only rows with penalties, masks or random
-    sampling are handled one by one."""
-    logits = logits.clone()
-    for i, row in enumerate(rows):
-        if _needs_adjustment(row):
-            _apply_penalties(logits[i], row)
-    logprobs = torch.log_softmax(logits, dim=-1)
+    """`logits` `[B, V]` fp32, one row per request (not modified). Greedy picks run on the
+    whole batch; logprobs (logits minus their log-sum-exp, no `[B, V]` log-softmax) only on the
+    rows that ask for them: at V4's vocabulary that normalisation costs a sizeable share of a
+    decode step. Only rows with penalties, masks or random sampling are handled one by one."""
+    adjusted = [i for i, row in enumerate(rows) if _needs_adjustment(row)]
+    if adjusted:
+        logits = logits.clone()
+        for i in adjusted:
+            _apply_penalties(logits[i], rows[i])
     tokens = torch.argmax(logits, dim=-1)
     for i, row in enumerate(rows):
         if not (row.temperature == 0 or row.top_k == 1):
             probs = _truncate(logits[i], row)
             tokens[i] = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
-    chosen = logprobs.gather(1, tokens[:, None])[:, 0]
-    k = max(row.top_logprobs for row in rows)
+    token_list = tokens.tolist()
+    logprobs: list[float | None] = [None] * len(rows)
     tops: list[list[tuple[int, float]]] = [[] for _ in rows]
-    if k:
-        vals, ids = torch.topk(logprobs, k, dim=-1)
-        vals, ids = vals.tolist(), ids.tolist()
-        tops = [list(zip(ids[i][:row.top_logprobs], vals[i][:row.top_logprobs])) for i, row in enumerate(rows)]
-    return SampleResult(tokens.tolist(), chosen.tolist(), tops)
+    scored = [i for i, row in enumerate(rows) if row.logprob or row.top_logprobs]
+    if scored:
+        index = torch.tensor(scored, device=logits.device)
+        rows_logits = logits[index]
+        log_norm = torch.logsumexp(rows_logits, dim=-1)
+        chosen = (rows_logits.gather(1, tokens[index][:, None])[:, 0] - log_norm).tolist()
+        for i, value in zip(scored, chosen):
+            logprobs[i] = value
+        k = max(rows[i].top_logprobs for i in scored)
+        if k:
+            vals, ids = torch.topk(rows_logits, k, dim=-1)
+            vals, ids = (vals - log_norm[:, None]).tolist(), ids.tolist()
+            for j, i in enumerate(scored):
+                tops[i] = list(zip(ids[j][:rows[i].top_logprobs], vals[j][:rows[i].top_logprobs]))
+    return SampleResult(token_list, logprobs, tops)

@@ -329,7 +329,8 @@ class Scheduler:
                 samplers.append((req, self._sampling_row(req)))
             start += n
         if rows:
-            result = sample(logits[rows], [row for _, row in samplers])
+            picked = logits if rows == list(range(logits.shape[0])) else logits[rows]  # no copy in steady decode
+            result = sample(picked, [row for _, row in samplers])
             for j, (req, _) in enumerate(samplers):
                 outputs.append(self._append_token(req, result.tokens[j], result.logprobs[j],
                                                   result.top_logprobs[j]))
@@ -385,7 +386,7 @@ class Scheduler:
             prompt_ids=req.prompt_ids, output_ids=req.output_ids, generator=req.generator,
             allowed=req.constraint.allowed() if req.constraint else None,
             banned=self._stop_ids(req) if len(req.output_ids) < p.min_new_tokens else [],
-            top_logprobs=req.top_logprobs_num if req.return_logprob else 0,
+            top_logprobs=req.top_logprobs_num if req.return_logprob else 0, logprob=req.return_logprob,
         )
 
     def _append_token(self, req: Request, token: int, logprob: float,

@@ -15,6 +15,23 @@ def test_greedy_and_logprobs():
     assert [i for i, _ in res.top_logprobs[0]] == [1, 2]
 
 
+def test_logprobs_only_for_the_rows_that_ask():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3))
+    before = logits.clone()
+    rows = [SamplingRow(temperature=0, logprob=False), SamplingRow(temperature=0, top_logprobs=3),
+            SamplingRow(temperature=0, logprob=False, logit_bias={7: 100.0}), SamplingRow(temperature=0)]
+    res = sample(logits, rows)
+    assert torch.equal(logits, before)  # the caller's logits are left alone
+    assert res.tokens == [*torch.argmax(logits[:2], -1).tolist(), 7, int(torch.argmax(logits[3]))]
+    expected = torch.log_softmax(logits, -1)
+    assert res.logprobs[0] is None and res.logprobs[2] is None
+    for i in (1, 3):
+        assert abs(res.logprobs[i] - expected[i, res.tokens[i]].item()) < 1e-5
+    top = torch.topk(expected[1], 3)
+    assert [t for t, _ in res.top_logprobs[1]] == top.indices.tolist() and res.top_logprobs[3] == []
+    assert all(abs(a - b) < 1e-5 for (_, a), b in zip(res.top_logprobs[1], top.values.tolist()))
+
+
 def test_top_k_top_p_min_p_restrict_the_support():
     lg = logits_row([0.0, 1.0, 2.0, 3.0, 4.0])
     gen = torch.Generator().manual_seed(0)
