@@ -14,9 +14,7 @@ denominators are measured here, not datasheet peaks.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,6 +24,7 @@ from ..model.config import CSA, HCA, ModelConfig
 from ..model.generate import SimpleSession
 from ..model.make_tiny import tiny_state
 from ..model.network import DeepseekV4
+from .output import save, standalone
 
 EXPERT_MARK = ".ffn.experts."
 
@@ -233,17 +232,12 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     result = run_gpu(args)
     print(format_report(result))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+    save(args.out, result)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(p)
-    return run(p.parse_args(argv))
+    return standalone(__doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

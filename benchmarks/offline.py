@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from ..runtime.cli import DTYPES
 from .datasets import LenRange, random_dataset, shared_prefix_dataset
 from .workloads import SingleTurn
+from .output import save, standalone
+from .plots import offline_plots
 
 SYSTEMS = ("banyan", "banyan-no-cache", "hf")
 WORKLOADS = ("mixed", "shared-prefix")
@@ -227,22 +227,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = run_offline(args)
     print(format_table(result))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=str))
-        if args.plots:
-            from .plots import offline_plots
-
-            for path in offline_plots(result["workloads"], out):
-                print(f"wrote {path}")
+    save(args.out, result, args.plots and (lambda out: offline_plots(result["workloads"], out)))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(p)
-    return run(p.parse_args(argv))
+    return standalone(__doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ computed, and the share of prompt tokens served from the cache.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from .. import frontend as sgl
 from ..runtime.cli import DTYPES
+from .output import save, standalone
+from .plots import system_bars
 
 _FACTS = [f"Fact {i}: the {c} box holds {i * 7 % 23} {t}." for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green", "white", "black", "amber") for t in ("pens", "coins", "keys", "cards"))]
@@ -147,23 +147,15 @@ def run(args: argparse.Namespace) -> int:
                "kv_cache_bytes": int(args.kv_cache_gb * (1 << 30))}
     results = run_programs(args.model_path, args.programs, args.num, args.threads, options)
     print(format_table(results))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in vars(args).items() if k != "func"}
-        out.write_text(json.dumps({"benchmark": "programs", "config": config, "programs": results}, indent=2))
-        if args.plots:
-            from .plots import system_bars
-
-            for path in system_bars(results, out, "programs_per_s", "programs / s", "programs: cache on vs off"):
-                print(f"wrote {path}")
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    save(args.out, {"benchmark": "programs", "config": config, "programs": results},
+         args.plots and (lambda out: system_bars(results, out, "programs_per_s", "programs / s",
+                                                 "programs: cache on vs off")))
     return 0 if all(m["errors"] == 0 for r in results.values() for m in r["systems"].values()) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(p)
-    return run(p.parse_args(argv))
+    return standalone(__doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,6 +25,8 @@ from .backends import BACKENDS, Sampling
 from .datasets import add_dataset_args, dataset_from_args, warmup_dataset
 from .metrics import RequestRecord, summarize
 from .workloads import BenchRequest, Session
+from .output import save, standalone
+from .plots import serving_plots
 
 
 def arrival_offsets(n: int, rate: float, seed: int = 0) -> list[float]:
@@ -142,24 +142,15 @@ def run(args: argparse.Namespace) -> int:
                                  timeout=args.timeout, seed=args.seed, progress=not args.disable_tqdm))
     for r in runs:
         print(_line(r))
-    if args.out:
-        config = {k: v for k, v in vars(args).items() if k not in ("func", "api_key")}
-        config["request_rate"] = [None if math.isinf(r) else r for r in args.request_rate]  # None: all at once
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"benchmark": "serving", "config": config, "runs": runs}, indent=2, default=str))
-        if args.plots:
-            from .plots import serving_plots
-
-            for path in serving_plots(runs, out):
-                print(f"wrote {path}")
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "api_key")}
+    config["request_rate"] = [None if math.isinf(r) else r for r in args.request_rate]  # None: all at once
+    save(args.out, {"benchmark": "serving", "config": config, "runs": runs},
+         args.plots and (lambda out: serving_plots(runs, out)))
     return 0 if all(r["errors"] == 0 for r in runs) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_args(p)
-    return run(p.parse_args(argv))
+    return standalone(__doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def test_backend_errors_carry_the_server_message(server):
 
 @pytest.mark.parametrize("backend_name", ["endpoint", "openai_backend"])
 def test_streamed_runs_match_plain_runs(backend_name, request):
-    backend = request.getfixturevalue(backend_name)
+    request.getfixturevalue(backend_name)  # the fixture makes it the default backend
 
     @sgl.function
     def story(s):
