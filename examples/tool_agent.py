@@ -1,7 +1,11 @@
 """A tool-using agent with thinking: the model reasons, calls Python functions through V4's DSML
 tool calls, reads their results (`<tool_result>`), and answers.
 
-    python examples/tool_agent.py [--url http://127.0.0.1:30000 | --openai http://127.0.0.1:30000/v1]
+    python examples/tool_agent.py [--url http://127.0.0.1:30000]
+
+It bounds the reasoning with `max_thinking_tokens`, which the OpenAI backend cannot express
+(the chat API has one budget for reasoning and answer): with `--openai` it stops with an
+error naming that feature.
 """
 
 from __future__ import annotations
