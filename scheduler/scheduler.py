@@ -20,7 +20,7 @@ from ..model.batch import ForwardBatch
 from ..model.network import DeepseekV4
 from ..model.sampling import SamplingRow, sample
 from .pools import MemoryPools, min_swa_pages
-from .radix_cache import RadixCache
+from .radix_cache import Match, RadixCache
 from .request import FinishReason, Request
 
 POLICIES = ("fcfs", "lpm")
@@ -113,16 +113,17 @@ class Scheduler:
         return bool(self.waiting or self.running or self._aborted)
 
     # ---- cache bookkeeping --------------------------------------------------------------------
-    def _admit(self, req: Request) -> bool:
-        """Give `req` a slot and its cached prefix. False if no slot is free."""
+    def _cached_prefix(self, req: Request) -> Match:
+        """The cached prefix `req` may resume from (none with the cache off)."""
+        if self.enable_prefix_cache:
+            return self.cache.match_prefix(req.seq, max_pages=self._max_reuse_pages(req))
+        return self.cache.match_prefix([], 0)
+
+    def _admit(self, req: Request, match: Match) -> bool:
+        """Give `req` a slot and its cached prefix `match`. False if no slot is free."""
         if self.pools.slots.available == 0 or len(self.running) >= self.max_running:
             return False
         req.slot = self.pools.slots.alloc(1)[0]
-        seq = req.seq
-        if self.enable_prefix_cache:
-            match = self.cache.match_prefix(seq, max_pages=self._max_reuse_pages(req))
-        else:
-            match = self.cache.match_prefix([], 0)
         req.pages, req.swa_pages = match.pages, [p for p in match.swa_pages]
         req.inserted_pages = len(match.nodes)
         req.computed = req.cached_tokens = len(match.nodes) * self.page_size
@@ -241,8 +242,7 @@ class Scheduler:
     # ---- one step -----------------------------------------------------------------------------
     def _order_waiting(self) -> None:
         if self.policy == "lpm" and len(self.waiting) > 1 and self.enable_prefix_cache:
-            ranked = sorted(self.waiting, key=lambda r: -len(self.cache.match_prefix(
-                r.seq, max_pages=self._max_reuse_pages(r)).nodes))
+            ranked = sorted(self.waiting, key=lambda r: -len(self._cached_prefix(r).nodes))
             self.waiting = deque(ranked)
 
     def _plan(self) -> list[tuple[Request, int]]:
@@ -261,10 +261,11 @@ class Scheduler:
         deferred: list[Request] = []
         while self.waiting and budget > 0:
             req = self.waiting[0]
-            if self._prefix_being_computed(req):
+            match = self._cached_prefix(req)
+            if self._prefix_being_computed(req, len(match.nodes)):
                 deferred.append(self.waiting.popleft())
                 continue
-            if not self._admit(req):
+            if not self._admit(req, match):
                 break
             self.waiting.popleft()
             self.running.append(req)
@@ -274,14 +275,13 @@ class Scheduler:
         self.waiting.extendleft(reversed(deferred))
         return plan
 
-    def _prefix_being_computed(self, req: Request) -> bool:
-        """Whether a running request is still prefilling the first page of `req` that the cache
-        lacks. Admitting `req` after that page is cached reuses it instead of computing it
-        twice (requests sharing a system prompt often arrive together)."""
+    def _prefix_being_computed(self, req: Request, first: int) -> bool:
+        """Whether a running request is still prefilling page `first` of `req`, the first one
+        the cache lacks. Admitting `req` after that page is cached reuses it instead of
+        computing it twice (requests sharing a system prompt often arrive together)."""
         if not self.enable_prefix_cache:
             return False
         p, reusable = self.page_size, self._max_reuse_pages(req)
-        first = len(self.cache.match_prefix(req.seq, max_pages=reusable).nodes)
         if first >= reusable:
             return False
         end = (first + 1) * p
