@@ -17,12 +17,12 @@ _DTYPES = {int: (REGEX_INT, (" ", "\n")), float: (REGEX_FLOAT, (" ", "\n")), str
            bool: (REGEX_BOOL, ())}
 _DTYPE_NAMES = {"int": int, "float": float, "str": str, "string": str, "bool": bool}
 
-_GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf")
+_GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
 
 
 @dataclass(frozen=True)
 class Grammar:
-    kind: str  # "regex" | "json_schema" | "ebnf"
+    kind: str  # one of _GRAMMAR_FIELDS
     value: str
 
 
@@ -48,6 +48,7 @@ class SamplingParams:
     regex: str | None = None
     json_schema: str | None = None
     ebnf: str | None = None
+    structural_tag: str | None = None  # xgrammar structural tag JSON (forced tool calls)
 
     def override(self, **values: Any) -> "SamplingParams":
         """A copy with every non-None value of `values` set; stop lists accept a single string and a
@@ -69,16 +70,16 @@ class SamplingParams:
         if kind not in _DTYPES:
             raise ValueError(f"invalid dtype {dtype!r}; expected int, float, str or bool")
         regex, stops = _DTYPES[kind]
-        return dataclasses.replace(self, regex=regex, json_schema=None, ebnf=None, stop=self.stop + stops)
+        return dataclasses.replace(self.with_grammar("regex", regex), stop=self.stop + stops)
 
-    def with_grammar(self, kind: str, value: str) -> "SamplingParams":
-        """A copy constrained by `kind` only (the other grammar fields cleared)."""
+    def with_grammar(self, kind: str | None, value: str | None = None) -> "SamplingParams":
+        """A copy constrained by `kind` only (the other grammar fields cleared; None: unconstrained)."""
         return dataclasses.replace(self, **{f: value if f == kind else None for f in _GRAMMAR_FIELDS})
 
     def grammar(self) -> Grammar | None:
         set_fields = [f for f in _GRAMMAR_FIELDS if getattr(self, f) is not None]
         if len(set_fields) > 1:
-            raise ValueError(f"only one of regex, json_schema and ebnf may be set, got {', '.join(set_fields)}")
+            raise ValueError(f"only one of {', '.join(_GRAMMAR_FIELDS)} may be set, got {', '.join(set_fields)}")
         return Grammar(set_fields[0], getattr(self, set_fields[0])) if set_fields else None
 
     def native(self) -> dict[str, Any]:

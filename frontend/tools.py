@@ -149,11 +149,8 @@ def validate(value: Any, schema: dict[str, Any], path: str) -> list[str]:
 
 
 def forced_tool_grammar(tools: list[dict], tool_choice: str) -> str:
-    """The EBNF grammar that forces a DSML tool call of any tool ("required") or of the named one,
-    in the form the native API's `sampling_params["ebnf"]` takes."""
-    import xgrammar  # with torch (via the grammar module): imported only when a call is forced
+    """The server's structural tag that forces a DSML tool call of any tool ("required") or of the
+    named one, as the native API's `sampling_params["structural_tag"]` takes it."""
+    from ..scheduler.grammar import tool_call_grammar  # xgrammar and torch: only when a call is forced
 
-    from ..scheduler.grammar import tool_call_grammar
-
-    spec = tool_call_grammar(tools, required_name=None if tool_choice == "required" else tool_choice)
-    return str(xgrammar.Grammar.from_structural_tag(spec.value)) if spec.kind == "structural_tag" else spec.value
+    return tool_call_grammar(tools, required_name=None if tool_choice == "required" else tool_choice).value

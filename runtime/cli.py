@@ -88,10 +88,10 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(argv: list[str]) -> int:
     from ..benchmarks.cli import main as bench_main
 
-    return bench_main(args.rest)
+    return bench_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,17 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny", help="write a random tiny V4 checkpoint (see python -m banyan.model.make_tiny -h)")
     tiny.add_argument("rest", nargs=argparse.REMAINDER)
     tiny.set_defaults(func=cmd_make_tiny)
-    bench = sub.add_parser("bench", help="benchmarks: serve, offline, programs, gpu (see banyan bench -h)",
-                           add_help=False)
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
+    # listed for `banyan -h` only: main() hands everything after `bench` to the benchmarks' own parser
+    sub.add_parser("bench", help="benchmarks: serve, offline, programs, gpu (see banyan bench -h)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser takes everything after it, `-h` included
-        return cmd_bench(argparse.Namespace(rest=argv[1:]))
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

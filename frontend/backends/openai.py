@@ -25,7 +25,8 @@ _OPTIONAL = {"top_k": -1, "min_p": 0.0, "presence_penalty": 0.0, "frequency_pena
 
 def _sampling(params: SamplingParams) -> dict[str, Any]:
     """The request fields for `params`; what the OpenAI API cannot express raises."""
-    for name, feature in (("regex", "regex (and dtype)"), ("ebnf", "EBNF grammars"), ("stop_regex", "stop_regex"),
+    for name, feature in (("regex", "regex (and dtype)"), ("ebnf", "EBNF grammars"),
+                          ("structural_tag", "structural tags"), ("stop_regex", "stop_regex"),
                           ("min_new_tokens", "min_tokens")):
         if getattr(params, name):
             raise UnsupportedFeatureError(f"{feature} is not supported by the OpenAI backend; use RuntimeEndpoint "

@@ -23,9 +23,8 @@ from .base import Backend, OnText, TurnRequest, TurnResult, TurnSink, merge_meta
 
 
 def _reasoning_params(params: SamplingParams, budget: int) -> SamplingParams:
-    return dataclasses.replace(params, max_new_tokens=budget, min_new_tokens=0, stop=(THINK_CLOSE,),
-                               stop_token_ids=(), stop_regex=(), return_logprob=False, regex=None,
-                               json_schema=None, ebnf=None)
+    return dataclasses.replace(params.with_grammar(None), max_new_tokens=budget, min_new_tokens=0,
+                               stop=(THINK_CLOSE,), stop_token_ids=(), stop_regex=(), return_logprob=False)
 
 
 def _reasoning_closed(meta: dict[str, Any]) -> bool:
@@ -85,7 +84,7 @@ class TextBackend(Backend):
             prompt += reasoning + THINK_CLOSE
         params = request.params
         if request.tool_choice != "auto":
-            params = params.with_grammar("ebnf", forced_tool_grammar(request.tools, request.tool_choice))
+            params = params.with_grammar("structural_tag", forced_tool_grammar(request.tools, request.tool_choice))
         parser = _AnswerParser(bool(request.tools), sink and sink.content)
         phase = self.complete(prompt, params, parser.feed if sink else None)
         if sink is None:

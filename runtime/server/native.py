@@ -1,7 +1,7 @@
 """SGLang-compatible native API: `/generate`, `/get_model_info`, `/server_info`, `/flush_cache`.
 
 `/generate` takes `text` or `input_ids` (one prompt or a batch), SGLang's `sampling_params`
-(including `regex`, `json_schema` and `ebnf`), and the logprob switches; it answers with
+(including `regex`, `json_schema`, `ebnf` and `structural_tag`), and the logprob switches; it answers with
 `text` and `meta_info` in SGLang's shapes (logprobs as `[logprob, token_id, text]`). A stream
 sends the cumulative text so far in each event, as SGLang does.
 """
@@ -29,7 +29,7 @@ router = APIRouter()
 _SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
                   "frequency_penalty", "repetition_penalty", "stop", "stop_token_ids", "ignore_eos",
                   "skip_special_tokens", "n", "logit_bias", "seed", "min_new_tokens", "stop_regex"}
-_GRAMMAR_KEYS = {"regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf"}
+_GRAMMAR_KEYS = {"regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf", "structural_tag": "structural_tag"}
 _IGNORED_KEYS = {"no_stop_trim", "spaces_between_special_tokens", "custom_params", "stream_interval"}
 
 
@@ -48,7 +48,7 @@ def _sampling(raw: Any) -> tuple[dict, GrammarSpec | None]:
             if value is None:
                 continue
             if grammar is not None:
-                raise invalid("only one of regex, json_schema and ebnf may be set", f"sampling_params.{key}")
+                raise invalid("only one of regex, json_schema, ebnf and structural_tag may be set", f"sampling_params.{key}")
             text = value if isinstance(value, str) else json.dumps(value)
             grammar = GrammarSpec(_GRAMMAR_KEYS[key], text)
         elif key not in _IGNORED_KEYS:

@@ -8,6 +8,7 @@ import pytest
 
 from banyan.benchmarks import gpu
 from banyan.model.config import ModelConfig
+from banyan.runtime.cli import main as cli_main
 
 
 def test_mid_config_is_flash_scaled_down():
@@ -26,7 +27,8 @@ def test_kv_reads_grow_with_context_until_the_window_and_top_k():
 
 def test_tiny_run_reports_mbu_and_mfu(tmp_path):
     out = tmp_path / "gpu.json"
-    assert gpu.main(["--tiny", "--batches", "1", "2", "--steps", "2", "--out", str(out)]) == 0
+    # through the `banyan bench` command line, which hands its arguments to the mode
+    assert cli_main(["bench", "gpu", "--tiny", "--batches", "1", "2", "--steps", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     decode = result["decode"]
     assert [d["batch"] for d in decode] == [1, 2]

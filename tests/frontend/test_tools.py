@@ -126,8 +126,9 @@ def test_forced_call_round_limit_and_thinking(fake):
     state = agent.run()
     assert CALLS == [{"city": "paris", "celsius": False, "days": 1}]
     answer_params = [p for p in seen if p.stop != (THINK_CLOSE,)]
-    assert answer_params[0].ebnf and "get_weather" in answer_params[0].ebnf  # the first round is forced
-    assert answer_params[1].ebnf is None  # later rounds are free
+    forced = answer_params[0].structural_tag  # the first round is forced by the DSML structural tag
+    assert forced and "get_weather" in forced
+    assert answer_params[1].structural_tag is None  # later rounds are free
     meta = state.get_meta_info("answer")
     assert len(meta["tool_rounds"]) == 1 and meta["tool_calls"]  # the second round's call was not run
     assert state["answer_reasoning"] == "plan"
