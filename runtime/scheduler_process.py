@@ -9,6 +9,7 @@ import torch
 import zmq
 
 from ..model.loader import load_model
+from ..model.runner import ModelRunner
 from ..scheduler.grammar import GrammarCompiler
 from ..scheduler.pools import MemoryPools, sizes_from_budget
 from ..scheduler.request import Request
@@ -33,11 +34,12 @@ def build_scheduler(opts: EngineOptions):
         budget = int(free * opts.mem_fraction)
     sizes = sizes_from_budget(cfg, budget, page_size, opts.max_running_requests, dtype, opts.swa_fraction,
                               opts.chunked_prefill_size)
-    pools = MemoryPools(cfg, sizes, dtype, opts.device)
+    pools = MemoryPools(sizes)
     tok = load_tokenizer(opts.model_path)
-    sched = Scheduler(model, pools, chunked_prefill_size=opts.chunked_prefill_size, policy=opts.schedule_policy,
-                     enable_prefix_cache=opts.enable_prefix_cache, max_running=opts.max_running_requests,
-                     decode_text=lambda ids: tok.decode(ids, skip_special_tokens=False))
+    sched = Scheduler(ModelRunner(model, sizes.cache_shape()), pools, chunked_prefill_size=opts.chunked_prefill_size,
+                      policy=opts.schedule_policy, enable_prefix_cache=opts.enable_prefix_cache,
+                      max_running=opts.max_running_requests,
+                      decode_text=lambda ids: tok.decode(ids, skip_special_tokens=False))
     return sched, tok
 
 

@@ -2,6 +2,7 @@
 
 Three free lists: compressed pages (CSA/HCA entries, indexer keys, overlap snapshots),
 sliding-window pages (one KV vector per token), and request slots (compressor rings).
+The storage itself belongs to the model runner, built from the same `PoolSizes`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class FreeList:
     def free(self, ids: list[int]) -> None:
         self._free.extend(ids)
 
+    def free_ids(self) -> list[int]:
+        """The free ids (a copy), for integrity checks."""
+        return list(self._free)
+
 
 @dataclass(frozen=True)
 class PoolSizes:
@@ -49,6 +54,10 @@ class PoolSizes:
     @property
     def max_tokens(self) -> int:
         return self.num_pages * self.page_size
+
+    def cache_shape(self) -> CacheShape:
+        """The shape of the model storage these pools allocate from."""
+        return CacheShape(self.page_size, self.num_pages, self.num_swa_pages, self.max_requests)
 
 
 def min_swa_pages(cfg: ModelConfig, page_size: int, max_requests: int, chunk_tokens: int) -> int:
@@ -85,10 +94,8 @@ def sizes_from_budget(cfg: ModelConfig, budget_bytes: int, page_size: int, max_r
 
 
 class MemoryPools:
-    def __init__(self, cfg: ModelConfig, sizes: PoolSizes, dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(self, sizes: PoolSizes) -> None:
         self.sizes = sizes
-        self.kv = V4KVCache(cfg, CacheShape(sizes.page_size, sizes.num_pages, sizes.num_swa_pages,
-                                            sizes.max_requests), dtype=dtype, device=device)
         self.pages = FreeList(sizes.num_pages, "page pool")
         self.swa_pages = FreeList(sizes.num_swa_pages, "sliding-window pool")
         self.slots = FreeList(sizes.max_requests, "request slots")

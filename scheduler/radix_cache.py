@@ -110,7 +110,8 @@ class RadixCache:
             node = node.parent
 
     # ---- eviction -----------------------------------------------------------------------------
-    def _nodes(self):
+    def nodes(self):
+        """Every node below the root."""
         stack = list(self.root.children.values())
         while stack:
             n = stack.pop()
@@ -118,11 +119,11 @@ class RadixCache:
             stack.extend(n.children.values())
 
     def evictable_pages(self) -> int:
-        return sum(1 for n in self._nodes() if n.lock_ref == 0)
+        return sum(1 for n in self.nodes() if n.lock_ref == 0)
 
     def evict(self, num_pages: int) -> int:
         """Free up to `num_pages` pages from unlocked leaves, least recently used first."""
-        heap = [(n.last_access, id(n), n) for n in self._nodes() if not n.children and n.lock_ref == 0]
+        heap = [(n.last_access, id(n), n) for n in self.nodes() if not n.children and n.lock_ref == 0]
         heapq.heapify(heap)
         freed = 0
         while heap and freed < num_pages:
@@ -138,7 +139,7 @@ class RadixCache:
         """Drop the sliding-window KV of up to `num_pages` interior pages, least recently used
         first. `protected` are the pages inside a running request's window; every other
         interior page may go, locked or not: it only loses its value as a resume point."""
-        candidates = sorted((n for n in self._nodes() if n.children and n.swa_page is not None
+        candidates = sorted((n for n in self.nodes() if n.children and n.swa_page is not None
                              and n not in protected), key=lambda n: n.last_access)
         freed = []
         for node in candidates[:num_pages]:
@@ -159,3 +160,37 @@ class RadixCache:
         while self.evict(self.num_nodes + 1):
             pass
         return self.num_nodes
+
+
+class NoPrefixCache:
+    """The prefix cache when caching is off: nothing matches and nothing is kept, so every
+    page stays with the request that allocated it and is freed when the request ends."""
+
+    def __init__(self) -> None:
+        self.root = Node()
+        self.num_nodes = 0
+
+    def match_prefix(self, tokens: list[int], max_pages: int | None = None) -> Match:
+        return Match([])
+
+    def insert_page(self, parent: Node, key: tuple[int, ...], page: int, swa_page: int
+                    ) -> tuple[Node, bool, bool]:
+        return parent, False, False
+
+    def lock(self, node: Node | None) -> None:
+        pass
+
+    def unlock(self, node: Node | None) -> None:
+        pass
+
+    def nodes(self):
+        return iter(())
+
+    def evict(self, num_pages: int) -> int:
+        return 0
+
+    def tombstone_swa(self, num_pages: int, protected: frozenset[Node] | set[Node] = frozenset()) -> int:
+        return 0
+
+    def flush(self) -> int:
+        return 0

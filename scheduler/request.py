@@ -52,7 +52,7 @@ class Request:
     # cache state
     slot: int | None = None
     pages: list[int] = field(default_factory=list)
-    swa_pages: list[int] = field(default_factory=list)
+    swa_pages: list[int | None] = field(default_factory=list)
     owned_pages: set[int] = field(default_factory=set)
     owned_swa_pages: set[int] = field(default_factory=set)
     swa_dropped: int = 0  # leading pages whose sliding-window KV this request no longer references
@@ -60,6 +60,7 @@ class Request:
     cached_tokens: int = 0  # tokens reused from the prefix cache at (the last) admission
     inserted_pages: int = 0  # leading pages that are nodes of the radix tree
     last_node: Node | None = None
+    restore_page: int | None = None  # resume its compressor state from this page's snapshot on the next run
     generator: torch.Generator | None = None
     retractions: int = 0
 

@@ -1,14 +1,16 @@
 """Continuous batching over the V4 model with chunked prefill, a compressed-KV radix
-cache, retraction under memory pressure, and abort.
+cache, retraction under memory pressure, abort, and fair admission under long prefills.
 
-`Scheduler.step()` builds one ragged batch (a decode token for every running request
-plus prefill chunks up to the chunk budget), makes room in the pools, runs the model,
-samples, inserts newly completed pages into the radix cache, and returns what each
-request produced. It runs in-process (tests) or inside the scheduler process.
+`Scheduler.step()` runs three phases: `schedule()` decides what runs (a decode token for
+every running request plus prefill chunks up to the per-step token budget), makes room in
+the pools and describes the step as `RunRequest`s; the model runner runs and samples it;
+`process_results()` advances the requests, hands completed pages to the prefix cache and
+reports what each request produced. It runs in-process (tests) or in the scheduler process.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,16 +18,13 @@ from typing import Callable
 
 import torch
 
-from ..model.batch import ForwardBatch
-from ..model.network import DeepseekV4
-from ..model.sampling import SamplingRow, sample
+from ..model.runner import ModelRunner, PromptScoring, RunOutput, RunRequest, SamplingRow
+from .cache_manager import CacheManager
 from .pools import MemoryPools, min_swa_pages
-from .radix_cache import Match, RadixCache
 from .request import FinishReason, Request
 
 POLICIES = ("fcfs", "lpm")
-
-
+STOP_REGEX_TAIL_TOKENS = 64  # a stop_regex match is looked for in the text of the last this-many tokens
 @dataclass
 class StepOutput:
     rid: str
@@ -46,32 +45,49 @@ class SchedulerStats:
     decode_tokens: int = 0
     cache_hit_tokens: int = 0
     retractions: int = 0
-    evicted_pages: int = 0
     steps: int = 0
 
 
+@dataclass
+class ScheduledItem:
+    req: Request
+    tokens: int  # new tokens run this step
+    run: RunRequest
+    scores_prompt: bool  # the chunk produces prompt-token logprobs
+
+
 class Scheduler:
-    def __init__(self, model: DeepseekV4, pools: MemoryPools, chunked_prefill_size: int = 512,
+    def __init__(self, runner: ModelRunner, pools: MemoryPools, chunked_prefill_size: int = 512,
                  policy: str = "fcfs", enable_prefix_cache: bool = True, max_running: int | None = None,
-                 decode_text: Callable[[list[int]], str] | None = None) -> None:
+                 decode_text: Callable[[list[int]], str] | None = None, waiting_share: float = 0.25,
+                 check_integrity: bool = False) -> None:
+        """`waiting_share`: the part of the per-step token budget that the oldest running prefill
+        leaves to other prefills and to requests waiting for admission, so one long prompt cannot
+        hold back everything behind it. `check_integrity`: verify the page bookkeeping after
+        every step (tests)."""
         if policy not in POLICIES:
             raise ValueError(f"schedule policy must be one of {POLICIES}, got {policy!r}")
         if chunked_prefill_size < 1:
             raise ValueError("chunked_prefill_size must be >= 1")
-        self.model = model
-        self.cfg = model.cfg
+        if not 0 <= waiting_share < 1:
+            raise ValueError(f"waiting_share must be in [0, 1), got {waiting_share}")
+        if runner.page_size != pools.page_size:
+            raise ValueError(f"the runner's page size {runner.page_size} differs from the pools' {pools.page_size}")
+        self.runner = runner
+        self.cfg = runner.cfg
         self.pools = pools
         self.page_size = pools.page_size
         self.chunk = chunked_prefill_size
+        self.reserve = min(math.ceil(chunked_prefill_size * waiting_share), chunked_prefill_size - 1)
         self.policy = policy
-        self.enable_prefix_cache = enable_prefix_cache
         self.max_running = min(max_running or pools.slots.capacity, pools.slots.capacity)
         self.decode_text = decode_text
+        self.debug_integrity = check_integrity
         need = min_swa_pages(self.cfg, self.page_size, 1, chunked_prefill_size)
         if pools.swa_pages.capacity < need:
             raise ValueError(f"the sliding-window pool has {pools.swa_pages.capacity} pages; one request with "
                              f"{chunked_prefill_size}-token prefill chunks needs {need}")
-        self.cache = RadixCache(self.page_size, self.cfg.sliding_window, pools.pages.free, pools.swa_pages.free)
+        self.cache = CacheManager(pools, self.cfg.sliding_window, enable_prefix_cache)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.stats = SchedulerStats()
@@ -100,7 +116,7 @@ class Scheduler:
         for req in self.running:
             if req.rid == rid:
                 self.running.remove(req)
-                self._release(req)
+                self.cache.release(req)
                 self._finish_abort(req)
                 return True
         return False
@@ -112,161 +128,106 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self._aborted)
 
-    # ---- cache bookkeeping --------------------------------------------------------------------
-    def _cached_prefix(self, req: Request) -> Match:
-        """The cached prefix `req` may resume from (none with the cache off)."""
-        if self.enable_prefix_cache:
-            return self.cache.match_prefix(req.seq, max_pages=self._max_reuse_pages(req))
-        return self.cache.match_prefix([], 0)
-
-    def _admit(self, req: Request, match: Match) -> bool:
-        """Give `req` a slot and its cached prefix `match`. False if no slot is free."""
-        if self.pools.slots.available == 0 or len(self.running) >= self.max_running:
-            return False
-        req.slot = self.pools.slots.alloc(1)[0]
-        req.pages, req.swa_pages = match.pages, [p for p in match.swa_pages]
-        req.inserted_pages = len(match.nodes)
-        req.computed = req.cached_tokens = len(match.nodes) * self.page_size
-        req.last_node = match.last
-        self.cache.lock(match.last)
-        if req.computed:
-            self.pools.kv.restore_compressor_state(req.slot, req.pages[-1], req.computed)
-        self.stats.cache_hit_tokens += req.computed
-        return True
-
-    def _max_reuse_pages(self, req: Request) -> int:
-        """Pages of a cached prefix `req` may reuse: at least one token must be computed, and
-        prompt positions whose logprobs were asked for (and not yet produced) must be too."""
-        last = len(req.seq) - 1
-        if req.wants_input_logprobs and not req.output_ids:
-            last = min(last, max(req.logprob_start_len - 1, 0))
-        return last // self.page_size
-
-    def _release(self, req: Request) -> None:
-        """Return a request's private pages and slot; its tree pages stay cached."""
-        self.cache.unlock(req.last_node)
-        self.pools.pages.free(sorted(req.owned_pages))
-        self.pools.swa_pages.free(sorted(req.owned_swa_pages))
-        if req.slot is not None:
-            self.pools.slots.free([req.slot])
-        req.slot, req.last_node = None, None
-        req.pages, req.swa_pages = [], []
-        req.owned_pages, req.owned_swa_pages = set(), set()
-        req.swa_dropped = 0
-        req.computed = req.inserted_pages = 0
-
-    def _insert_full_pages(self, req: Request) -> None:
-        if not self.enable_prefix_cache:
-            return
-        p, seq = self.page_size, req.seq
-        parent = req.last_node or self.cache.root
-        while (req.inserted_pages + 1) * p <= req.computed:
-            k = req.inserted_pages
-            node, took_page, took_swa = self.cache.insert_page(parent, tuple(seq[k * p:(k + 1) * p]),
-                                                               req.pages[k], req.swa_pages[k])
-            if took_page:
-                req.owned_pages.discard(req.pages[k])
-            if took_swa:
-                req.owned_swa_pages.discard(req.swa_pages[k])
-            self.cache.lock(node)
-            self.cache.unlock(req.last_node)
-            req.last_node = parent = node
-            req.inserted_pages += 1
-
-    def _pages_needed(self, req: Request, extend: int) -> int:
-        return max(0, -(-(req.computed + extend) // self.page_size) - len(req.pages))
-
-    def _make_room(self, pages: int, protect: list[Request]) -> bool:
-        """Free `pages` compressed and SWA pages: drop cached windows and prefixes first,
-        then retract running requests not in `protect`."""
-        pools = self.pools
-        while True:
-            short, short_swa = pages - pools.pages.available, pages - pools.swa_pages.available
-            if short <= 0 and short_swa <= 0:
-                return True
-            if short_swa > 0 and self.cache.tombstone_swa(short_swa, self._windows_in_use()):
-                continue
-            freed = self.cache.evict(max(short, short_swa))
-            self.stats.evicted_pages += freed
-            if freed:
-                continue
-            victims = [r for r in self.running if r not in protect]
-            if not victims:
-                return False
-            self._retract(max(victims, key=lambda r: (r.pending, len(r.seq))))
-
-    def _first_live_page(self, req: Request) -> int:
-        """The first page whose sliding-window KV the request's next tokens can still attend to."""
-        return max(0, req.computed - self.cfg.sliding_window) // self.page_size
-
-    def _windows_in_use(self) -> set:
-        """Tree nodes holding sliding-window KV that a running request still attends to."""
-        protected = set()
-        for req in self.running:
-            node, live = req.last_node, self._first_live_page(req)
-            while node is not None and node is not self.cache.root and node.depth - 1 >= live:
-                protected.add(node)
-                node = node.parent
-        return protected
-
-    def _drop_old_windows(self, req: Request) -> None:
-        """Forget sliding-window pages behind the request's window; free the private ones.
-        Pages in the radix tree keep theirs (a resume point) until memory runs short."""
-        live = min(self._first_live_page(req), len(req.swa_pages))
-        for k in range(req.swa_dropped, live):
-            swa = req.swa_pages[k]
-            if swa is not None and swa in req.owned_swa_pages:
-                req.owned_swa_pages.discard(swa)
-                self.pools.swa_pages.free([swa])
-            req.swa_pages[k] = None
-        req.swa_dropped = max(req.swa_dropped, live)
-
-    def _retract(self, req: Request) -> None:
-        self.running.remove(req)
-        self._release(req)
-        req.retractions += 1
-        if not req.output_ids:  # its prompt logprobs are recomputed after re-admission
-            req.input_logprobs, req.input_top_logprobs = [], []
-        self.stats.retractions += 1
-        self.waiting.appendleft(req)
-
-    def _allocate(self, req: Request, extend: int) -> None:
-        n = self._pages_needed(req, extend)
-        if n:
-            pages, swa = self.pools.pages.alloc(n), self.pools.swa_pages.alloc(n)
-            req.pages += pages
-            req.swa_pages += swa
-            req.owned_pages.update(pages)
-            req.owned_swa_pages.update(swa)
-
     # ---- one step -----------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        outputs, self._aborted = self._aborted, []
+        batch = self.schedule()
+        if batch:
+            results = self.runner.run([item.run for item in batch])
+            self.stats.steps += 1
+            outputs += self.process_results(batch, results)
+        if self.debug_integrity:
+            self.check_integrity()
+        return outputs
+
+    def schedule(self) -> list[ScheduledItem]:
+        """Choose this step's requests and token counts, give them their pages, describe the run."""
+        plan = self._plan()
+        while plan:  # make room; retraction may remove planned requests
+            need = sum(self.cache.pages_needed(r, n) for r, n in plan)
+            if self._make_room(need, [r for r, _ in plan]):
+                break
+            self._retract(plan.pop()[0])  # the plan alone does not fit: retract its last request
+        plan = [(r, n) for r, n in plan if r in self.running]
+        for req, n in plan:
+            self.cache.allocate(req, n)
+        return [self._item(req, n) for req, n in plan]
+
+    def _item(self, req: Request, n: int) -> ScheduledItem:
+        scores = self._needs_input_logprobs(req)
+        samples = req.pending == n and req.params.max_new_tokens > 0
+        run = RunRequest(slot=req.slot, prefix_len=req.computed, tokens=req.seq[req.computed:req.computed + n],
+                         pages=req.pages, swa_pages=req.swa_pages, restore_page=req.restore_page,
+                         sampling=self._sampling_row(req) if samples else None,
+                         scoring=self._prompt_scoring(req, n) if scores else None)
+        return ScheduledItem(req, n, run, scores)
+
+    def process_results(self, batch: list[ScheduledItem], results: list[RunOutput]) -> list[StepOutput]:
+        """Advance each request by what ran, cache its completed pages, emit its new token."""
+        outputs = []
+        for item, res in zip(batch, results):
+            req, n = item.req, item.tokens
+            if n == 1 and req.output_ids and req.pending == 1:
+                self.stats.decode_tokens += 1
+            else:
+                self.stats.prefill_tokens += n
+            if item.scores_prompt:
+                if req.computed == 0 and req.logprob_start_len == 0:  # the first token has no prediction
+                    req.input_logprobs.append(None)
+                    req.input_top_logprobs.append([])
+                req.input_logprobs += res.prompt_logprobs or []
+                req.input_top_logprobs += res.prompt_top_logprobs or []
+            req.computed += n
+            req.restore_page = None
+            self.cache.insert_full_pages(req)
+            self.cache.drop_old_windows(req)
+            if req.pending == 0 and req.params.max_new_tokens == 0:
+                req.finish = FinishReason("length")
+                self.running.remove(req)
+                self.cache.release(req)
+                outputs.append(self._output(req, None, None, []))
+            elif res.token is not None:
+                outputs.append(self._append_token(req, res.token, res.logprob, res.top_logprobs or []))
+        return outputs
+
+    def check_integrity(self) -> None:
+        """Raise `IntegrityError` if the pools, the tree and the running requests disagree."""
+        self.cache.check_integrity(self.running)
+
+    # ---- planning -------------------------------------------------------------------------------
     def _order_waiting(self) -> None:
-        if self.policy == "lpm" and len(self.waiting) > 1 and self.enable_prefix_cache:
-            ranked = sorted(self.waiting, key=lambda r: -len(self._cached_prefix(r).nodes))
+        if self.policy == "lpm" and len(self.waiting) > 1:
+            ranked = sorted(self.waiting, key=lambda r: -len(self.cache.match(r).nodes))
             self.waiting = deque(ranked)
 
+    def _can_admit(self) -> bool:
+        return self.pools.slots.available > 0 and len(self.running) < self.max_running
+
     def _plan(self) -> list[tuple[Request, int]]:
-        """(request, tokens to run) for this step."""
-        plan: list[tuple[Request, int]] = []
+        """(request, tokens to run) for this step. Decodes always run. The oldest running prefill
+        leaves `reserve` tokens of the budget to later prefills and to admissions when any are
+        waiting, so a request that arrives during a long prefill starts at the next step."""
+        plan: list[tuple[Request, int]] = [(r, 1) for r in self.running if r.pending == 1]
+        prefilling = [r for r in self.running if r.pending > 1]
+        others_want = len(prefilling) > 1 or (bool(self.waiting) and self._can_admit())
         budget = self.chunk
-        for req in list(self.running):
-            if req.pending == 1:
-                plan.append((req, 1))
-        for req in list(self.running):
-            if req.pending > 1 and budget > 0:
-                n = min(req.pending, budget)
+        for i, req in enumerate(prefilling):
+            limit = budget - self.reserve if i == 0 and others_want else budget
+            if limit > 0:
+                n = min(req.pending, limit)
                 plan.append((req, n))
                 budget -= n
         self._order_waiting()
         deferred: list[Request] = []
-        while self.waiting and budget > 0:
+        while self.waiting and budget > 0 and self._can_admit():
             req = self.waiting[0]
-            match = self._cached_prefix(req)
+            match = self.cache.match(req)
             if self._prefix_being_computed(req, len(match.nodes)):
                 deferred.append(self.waiting.popleft())
                 continue
-            if not self._admit(req, match):
+            if not self.cache.admit(req, match):
                 break
+            self.stats.cache_hit_tokens += req.computed
             self.waiting.popleft()
             self.running.append(req)
             n = min(req.pending, budget)
@@ -279,9 +240,9 @@ class Scheduler:
         """Whether a running request is still prefilling page `first` of `req`, the first one
         the cache lacks. Admitting `req` after that page is cached reuses it instead of
         computing it twice (requests sharing a system prompt often arrive together)."""
-        if not self.enable_prefix_cache:
+        if not self.cache.shares_prefixes:
             return False
-        p, reusable = self.page_size, self._max_reuse_pages(req)
+        p, reusable = self.page_size, self.cache.max_reuse_pages(req)
         if first >= reusable:
             return False
         end = (first + 1) * p
@@ -289,93 +250,37 @@ class Scheduler:
         return any(other.computed < end <= len(other.prompt_ids) and other.seq[end - p:end] == page
                    for other in self.running)
 
-    def step(self) -> list[StepOutput]:
-        outputs, self._aborted = self._aborted, []
-        plan = self._plan()
-        # make room; retraction may remove planned requests
-        while plan:
-            need = sum(self._pages_needed(r, n) for r, n in plan)
-            if self._make_room(need, [r for r, _ in plan]):
-                break
-            victim = plan.pop()[0]  # the plan alone does not fit: retract its last request
-            self._retract(victim)
-        plan = [(r, n) for r, n in plan if r in self.running]
-        if not plan:
-            return outputs
-        for req, n in plan:
-            self._allocate(req, n)
-        all_logits = any(self._needs_input_logprobs(r) for r, _ in plan)
-        logits = self._forward(plan, all_logits)
-        self.stats.steps += 1
-        rows, samplers, start = [], [], 0
-        for i, (req, n) in enumerate(plan):
-            is_decode = req.pending == n and n == 1 and len(req.output_ids) > 0
-            if is_decode:
-                self.stats.decode_tokens += 1
-            else:
-                self.stats.prefill_tokens += n
-            if all_logits and self._needs_input_logprobs(req):
-                self._collect_input_logprobs(req, logits[start:start + n])
-            req.computed += n
-            self._insert_full_pages(req)
-            self._drop_old_windows(req)
-            if req.pending == 0 and req.params.max_new_tokens == 0:
-                req.finish = FinishReason("length")
-                self.running.remove(req)
-                self._release(req)
-                outputs.append(self._output(req, None, None, []))
-            elif req.pending == 0:
-                rows.append(start + n - 1 if all_logits else i)
-                samplers.append((req, self._sampling_row(req)))
-            start += n
-        if rows:
-            picked = logits if rows == list(range(logits.shape[0])) else logits[rows]  # no copy in steady decode
-            result = sample(picked, [row for _, row in samplers])
-            for j, (req, _) in enumerate(samplers):
-                outputs.append(self._append_token(req, result.tokens[j], result.logprobs[j],
-                                                  result.top_logprobs[j]))
-        return outputs
+    def _make_room(self, pages: int, protect: list[Request]) -> bool:
+        """Room for `pages` new pages: from the prefix cache first, then by retracting running
+        requests not in `protect`."""
+        while not self.cache.free_from_cache(pages, self.running):
+            victims = [r for r in self.running if r not in protect]
+            if not victims:
+                return False
+            self._retract(max(victims, key=lambda r: (r.pending, len(r.seq))))
+        return True
 
+    def _retract(self, req: Request) -> None:
+        """Send a running request back to the queue; its cached pages stay in the tree."""
+        self.running.remove(req)
+        self.cache.release(req)
+        req.retractions += 1
+        if not req.output_ids:  # its prompt logprobs are recomputed after re-admission
+            req.input_logprobs, req.input_top_logprobs = [], []
+        self.stats.retractions += 1
+        self.waiting.appendleft(req)
+
+    # ---- per-request step data --------------------------------------------------------------------
     def _needs_input_logprobs(self, req: Request) -> bool:
         return req.wants_input_logprobs and req.computed < len(req.prompt_ids)
 
-    def _collect_input_logprobs(self, req: Request, logits: torch.Tensor) -> None:
-        """Append the logprobs of the prompt tokens this chunk's logits predict.
-
-        Row j (position computed + j) predicts the token at position computed + j + 1; the
-        first prompt token has no prediction and is reported as None."""
-        c, prompt, k = req.computed, req.prompt_ids, req.top_logprobs_num
-        first, end = max(req.logprob_start_len, c + 1), min(c + logits.shape[0] + 1, len(prompt))
-        if c == 0 and req.logprob_start_len == 0:
-            req.input_logprobs.append(None)
-            req.input_top_logprobs.append([])
-        if first >= end:
-            return
-        logprobs = torch.log_softmax(logits[first - 1 - c:end - 1 - c], dim=-1)
-        targets = torch.tensor(prompt[first:end], device=logprobs.device)
-        req.input_logprobs += logprobs.gather(1, targets[:, None])[:, 0].tolist()
-        if k:
-            vals, ids = torch.topk(logprobs, k, dim=-1)
-            req.input_top_logprobs += [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]
-        else:
-            req.input_top_logprobs += [[] for _ in range(end - first)]
-
-    def _forward(self, plan: list[tuple[Request, int]], all_logits: bool) -> torch.Tensor:
-        device = self.model.device
-        ids, prefix, extend, slots = [], [], [], []
-        width = max(len(r.pages) for r, _ in plan)
-        page_table = torch.zeros(len(plan), width, dtype=torch.long)
-        swa_table = torch.zeros(len(plan), width, dtype=torch.long)
-        for i, (req, n) in enumerate(plan):
-            ids += req.seq[req.computed:req.computed + n]
-            prefix.append(req.computed)
-            extend.append(n)
-            slots.append(req.slot)
-            page_table[i, :len(req.pages)] = torch.tensor(req.pages)
-            swa_table[i, :len(req.swa_pages)] = torch.tensor([s if s is not None else 0 for s in req.swa_pages])
-        batch = ForwardBatch(torch.tensor(ids, dtype=torch.long, device=device), prefix, extend, slots,
-                             page_table.to(device), swa_table.to(device), all_logits=all_logits)
-        return self.model(batch, self.pools.kv)
+    @staticmethod
+    def _prompt_scoring(req: Request, n: int) -> PromptScoring:
+        """The prompt tokens whose logprobs this chunk's logits give: row j (position
+        computed + j) predicts the token at position computed + j + 1."""
+        c, prompt = req.computed, req.prompt_ids
+        first, end = max(req.logprob_start_len, c + 1), min(c + n + 1, len(prompt))
+        return PromptScoring(first - 1 - c, prompt[first:end] if first < end else [], req.top_logprobs_num)
 
     def _sampling_row(self, req: Request) -> SamplingRow:
         p = req.params
@@ -398,7 +303,7 @@ class Scheduler:
         req.finish = self._advance_constraint(req, token) or self._check_stop(req, token)
         if req.finish is not None:
             self.running.remove(req)
-            self._release(req)
+            self.cache.release(req)
         return self._output(req, token, logprob, top)
 
     @staticmethod
@@ -438,8 +343,8 @@ class Scheduler:
             for s in p.stop:
                 if s in tail:
                     return s
-        if p.stop_regex:
-            text = self.decode_text(req.output_ids)
+        if p.stop_regex:  # a match ending at the new token lies in the tail; earlier ones were seen before
+            text = self.decode_text(req.output_ids[-STOP_REGEX_TAIL_TOKENS:])
             for pattern in p.stop_regex:
                 match = re.search(pattern, text)
                 if match:
@@ -466,13 +371,13 @@ class Scheduler:
     def usage(self) -> dict:
         return {
             **self.pools.usage(),
-            "cached_pages": self.cache.num_nodes,
+            "cached_pages": self.cache.cached_pages,
             "running": len(self.running),
             "waiting": len(self.waiting),
             "cache_hit_tokens": self.stats.cache_hit_tokens,
             "prefill_tokens": self.stats.prefill_tokens,
             "decode_tokens": self.stats.decode_tokens,
             "retractions": self.stats.retractions,
-            "evicted_pages": self.stats.evicted_pages,
+            "evicted_pages": self.cache.evicted_pages,
             "steps": self.stats.steps,
         }

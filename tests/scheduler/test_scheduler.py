@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from banyan.model.runner import ModelRunner
 from banyan.scheduler.pools import MemoryPools, PoolSizes
 from banyan.scheduler.request import Request
 from banyan.scheduler.sampling_params import SamplingParams
@@ -14,9 +15,12 @@ from banyan.tests.conftest import random_prompt
 P = 128
 
 
-def make_scheduler(model, pages=40, slots=8, chunk=256, cache=True, policy="fcfs", swa_pages=None) -> Scheduler:
-    pools = MemoryPools(model.cfg, PoolSizes(P, pages, swa_pages or pages, slots), torch.float32, "cpu")
-    return Scheduler(model, pools, chunked_prefill_size=chunk, policy=policy, enable_prefix_cache=cache)
+def make_scheduler(model, pages=40, slots=8, chunk=256, cache=True, policy="fcfs", swa_pages=None,
+                   **kwargs) -> Scheduler:
+    """A scheduler that checks its page bookkeeping after every step."""
+    sizes = PoolSizes(P, pages, swa_pages or pages, slots)
+    return Scheduler(ModelRunner(model, sizes.cache_shape()), MemoryPools(sizes), chunked_prefill_size=chunk,
+                     policy=policy, enable_prefix_cache=cache, check_integrity=True, **kwargs)
 
 
 def run_all(sched: Scheduler, prompts: dict[str, list[int]], max_new=6, logprob=True) -> dict[str, Request]:
@@ -87,7 +91,7 @@ def test_requests_arriving_together_compute_a_shared_prefix_once(tiny_model):
 def test_pools_are_full_again_after_flush(tiny_model):
     sched = make_scheduler(tiny_model)
     run_all(sched, shared_prefix_prompts())
-    assert sched.cache.num_nodes > 0
+    assert sched.cache.cached_pages > 0
     assert sched.flush_cache()
     assert sched.pools.is_full()
 
@@ -169,7 +173,7 @@ def test_small_sliding_window_pool_keeps_outputs(tiny_model, cache):
     assert_same_outputs(roomy, small)
     assert sched.pools.swa_pages.capacity == 5 and sched.pools.pages.capacity == 40
     if cache:
-        assert any(n.swa_page is None for n in sched.cache._nodes())  # interior windows were tombstoned
+        assert any(n.swa_page is None for n in sched.cache.cache.nodes())  # interior windows were tombstoned
         assert sum(r.cached_tokens for r in small.values()) > 0
     assert sched.flush_cache() and sched.pools.is_full()
 
@@ -190,3 +194,74 @@ def test_swa_fraction_multiplies_flash_capacity():
     assert quarter.num_pages > 2 * full.num_pages and quarter.num_swa_pages < quarter.num_pages // 3
     with pytest.raises(ValueError, match="swa_fraction"):
         sizes_from_budget(cfg, 8 << 30, P, 16, torch.bfloat16, swa_fraction=0)
+
+
+def _steps_until_first_token(sched: Scheduler, late: Request, long: Request) -> int:
+    sched.add(long)
+    for _ in range(2):
+        sched.step()
+    sched.add(late)
+    for steps in range(1, 100):
+        sched.step()
+        if late.output_ids:
+            return steps
+    raise AssertionError("the late request never got a token")
+
+
+@pytest.mark.parametrize("share, within", [(0.25, 2), (0.0, None)])
+def test_a_request_arriving_during_a_long_prefill_starts_at_once(tiny_model, share, within):
+    """Fair admission: the long prompt's chunks leave part of the budget to waiting requests.
+    Without that share (0.0), the late request waits for the whole long prefill."""
+    sched = make_scheduler(tiny_model, chunk=128, waiting_share=share)
+    long = Request("long", random_prompt(2000, seed=41), SamplingParams(max_new_tokens=2, temperature=0))
+    late = Request("late", random_prompt(4, seed=42), SamplingParams(max_new_tokens=2, temperature=0))
+    steps = _steps_until_first_token(sched, late, long)
+    if within is not None:
+        assert steps <= within
+        assert long.computed >= 2 * 128 + steps * (128 - 32) - 4  # the long prefill kept moving
+    else:
+        assert steps > 10 and long.output_ids  # it waited until the long prompt was done
+    while sched.has_work():
+        sched.step()
+    alone = run_all(make_scheduler(tiny_model, chunk=128), {"long": long.prompt_ids}, max_new=2)
+    assert alone["long"].output_ids == long.output_ids
+
+
+def test_integrity_check_catches_a_leaked_or_double_held_page(tiny_model):
+    from banyan.scheduler.cache_manager import IntegrityError
+
+    sched = make_scheduler(tiny_model, cache=False)  # its pages stay the request's own
+    req = Request("a", random_prompt(300, seed=3), SamplingParams(max_new_tokens=4, temperature=0))
+    sched.add(req)
+    sched.step()
+    sched.check_integrity()
+    leaked = sorted(req.owned_pages)[0]
+    req.owned_pages.discard(leaked)  # a page nobody holds any more
+    with pytest.raises(IntegrityError, match="page pool"):
+        sched.check_integrity()
+    req.owned_pages.add(leaked)
+    sched.pools.swa_pages.free([sorted(req.owned_swa_pages)[0]])  # held and free at once
+    with pytest.raises(IntegrityError, match="sliding-window pool"):
+        sched.check_integrity()
+
+
+def test_cache_off_is_a_cache_that_keeps_nothing(tiny_model):
+    sched = make_scheduler(tiny_model, cache=False)
+    prompts = shared_prefix_prompts()
+    done = run_all(sched, prompts, max_new=2)
+    assert sched.cache.cached_pages == 0 and all(r.cached_tokens == 0 for r in done.values())
+    assert sched.stats.prefill_tokens == sum(len(p) for p in prompts.values())
+    assert sched.pools.is_full()  # every page went back when its request finished, no flush needed
+
+
+def test_scheduler_reaches_the_model_only_through_the_runner():
+    import ast
+    from pathlib import Path
+
+    import banyan.scheduler as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"model.network", "model.sampling", "..model.network", "..model.sampling"}, path
+        assert not any(m.endswith(("model.network", "model.sampling")) for m in imported), path

@@ -1,0 +1,129 @@
+"""The model runner: runs one scheduled step on the network and samples from it.
+
+The scheduler decides *what* runs: which requests, how many of their tokens, on which
+pages. It describes a step as a list of `RunRequest`s, and the runner does the rest: it
+owns the network and its paged state (`V4KVCache`), builds the step's `ForwardBatch`
+(host lists and CPU tensors, moved to the device by the model in one copy), runs the
+forward pass, samples the requests that are due a token and scores prompt tokens.
+
+Where the next pieces plug in:
+* CUDA graphs: `_forward` is the one call that runs the network; a graph runner captures
+  it per decode batch size and replays it when `requests` is a uniform decode batch.
+* Tensor/expert parallelism: every rank holds a `ModelRunner` over its shard; the rank-0
+  scheduler broadcasts the `RunRequest` list (plain data) and each rank calls `run`.
+* MTP speculative decoding: a draft loop lives in `run`, around `_forward` (draft with the
+  MTP layer, verify the drafts in one target forward, roll back rejected state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .batch import ForwardBatch
+from .kv_cache import CacheShape, V4KVCache
+from .network import DeepseekV4
+from .sampling import SamplingRow, sample
+
+__all__ = ["ModelRunner", "PromptScoring", "RunOutput", "RunRequest", "SamplingRow"]
+
+
+@dataclass
+class PromptScoring:
+    """Prompt-token logprobs a chunk must produce: chunk row `first_row + j` predicts
+    `targets[j]` (the prompt token after it)."""
+
+    first_row: int
+    targets: list[int]
+    top_k: int = 0
+
+
+@dataclass
+class RunRequest:
+    """One request's share of a step."""
+
+    slot: int  # compressor ring slot
+    prefix_len: int  # tokens already in its state
+    tokens: list[int]  # the new tokens to run
+    pages: list[int]  # physical page of each logical page
+    swa_pages: list[int | None]  # physical sliding-window page of each logical page (None: dropped)
+    restore_page: int | None = None  # resume at `prefix_len` from this cached page's snapshot first
+    sampling: SamplingRow | None = None  # sample a token after the last new token
+    scoring: PromptScoring | None = None
+
+
+@dataclass
+class RunOutput:
+    token: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    prompt_logprobs: list[float] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None
+
+
+class ModelRunner:
+    def __init__(self, model: DeepseekV4, shape: CacheShape) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.kv = V4KVCache(model.cfg, shape, dtype=model.dtype, device=model.device)
+
+    @property
+    def page_size(self) -> int:
+        return self.kv.page_size
+
+    def run(self, requests: list[RunRequest]) -> list[RunOutput]:
+        """Run one step; one output per request, in order."""
+        for r in requests:
+            if r.restore_page is not None:
+                self.kv.restore_compressor_state(r.slot, r.restore_page, r.prefix_len)
+        all_logits = any(r.scoring is not None for r in requests)
+        logits = self._forward(requests, all_logits)
+        outputs = [RunOutput() for _ in requests]
+        ends, start = [], 0
+        for r, out in zip(requests, outputs):
+            if r.scoring is not None:
+                out.prompt_logprobs, out.prompt_top_logprobs = _score(logits[start:start + len(r.tokens)], r.scoring)
+            start += len(r.tokens)
+            ends.append(start - 1 if all_logits else len(ends))
+        due = [i for i, r in enumerate(requests) if r.sampling is not None]
+        if due:
+            rows = [ends[i] for i in due]
+            picked = logits if rows == list(range(logits.shape[0])) else logits[rows]  # no copy in steady decode
+            result = sample(picked, [requests[i].sampling for i in due])
+            for j, i in enumerate(due):
+                outputs[i].token = result.tokens[j]
+                outputs[i].logprob = result.logprobs[j]
+                outputs[i].top_logprobs = result.top_logprobs[j]
+        return outputs
+
+    def _forward(self, requests: list[RunRequest], all_logits: bool) -> torch.Tensor:
+        """The step's `ForwardBatch`, built on the host in a few calls, through the network."""
+        width = max(len(r.pages) for r in requests)
+        pages = [r.pages + [0] * (width - len(r.pages)) for r in requests]
+        swa = [[0 if s is None else s for s in r.swa_pages] + [0] * (width - len(r.swa_pages)) for r in requests]
+        tables = torch.tensor([pages, swa], dtype=torch.long)  # [2, B, max_pages]
+        batch = ForwardBatch(
+            input_ids=torch.tensor([t for r in requests for t in r.tokens], dtype=torch.long),
+            prefix_lens=[r.prefix_len for r in requests],
+            extend_lens=[len(r.tokens) for r in requests],
+            req_slots=[r.slot for r in requests],
+            page_table=tables[0],
+            swa_page_table=tables[1],
+            all_logits=all_logits,
+        )
+        return self.model(batch, self.kv)
+
+
+def _score(logits: torch.Tensor, scoring: PromptScoring) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Logprobs (and top alternatives) of `scoring.targets` under the chunk's logits `[n, V]`."""
+    n = len(scoring.targets)
+    if n == 0:
+        return [], []
+    logprobs = torch.log_softmax(logits[scoring.first_row:scoring.first_row + n], dim=-1)  # [n, V]
+    targets = torch.tensor(scoring.targets, device=logprobs.device)
+    chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+    if not scoring.top_k:
+        return chosen, [[] for _ in range(n)]
+    vals, ids = torch.topk(logprobs, scoring.top_k, dim=-1)
+    return chosen, [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]
