@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 import traceback
 
 import torch
@@ -10,14 +12,15 @@ import zmq
 
 from ..model.loader import load_model
 from ..model.runner import ModelRunner
-from ..scheduler.grammar import GrammarCompiler
+from ..scheduler.grammar import BackgroundCompiler, GrammarError, GrammarState, PendingGrammar
 from ..scheduler.pools import MemoryPools, sizes_from_budget
-from ..scheduler.request import Request
+from ..scheduler.request import FinishReason, Request
 from ..scheduler.scheduler import Scheduler, StepOutput
 from .options import EngineOptions
 from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, RequestMeta,
                        TokenBatch, TokenOut, encode, scheduler_decoder)
 from .tokenizer import load_tokenizer
+from .watchdog import Watchdog
 
 log = logging.getLogger("banyan.scheduler")
 
@@ -38,7 +41,7 @@ def build_scheduler(opts: EngineOptions):
     tok = load_tokenizer(opts.model_path)
     sched = Scheduler(ModelRunner(model, sizes.cache_shape()), pools, chunked_prefill_size=opts.chunked_prefill_size,
                       policy=opts.schedule_policy, enable_prefix_cache=opts.enable_prefix_cache,
-                      max_running=opts.max_running_requests,
+                      max_running=opts.max_running_requests, waiting_share=opts.prefill_waiting_share,
                       decode_text=lambda ids: tok.decode(ids, skip_special_tokens=False))
     return sched, tok
 
@@ -49,35 +52,83 @@ def _token_out(o: StepOutput) -> TokenOut:
 
 
 class SchedulerLoop:
-    def __init__(self, sched: Scheduler, recv: zmq.Socket, send: zmq.Socket, tokenizer) -> None:
-        self.sched, self.recv, self.send, self.tokenizer = sched, recv, send, tokenizer
-        self._grammars: GrammarCompiler | None = None
+    """Takes requests from the engine, runs scheduler steps, sends tokens to the detokenizer.
 
-    def grammars(self) -> GrammarCompiler:
-        """Built on first use: indexing the vocabulary for xgrammar takes a while."""
-        if self._grammars is None:
-            self._grammars = GrammarCompiler(self.tokenizer, self.sched.cfg.vocab_size)
-        return self._grammars
+    Grammars compile on worker threads: a request with one waits in `_compiling` until its
+    grammar is ready (or fails, or misses its deadline) and only then joins the scheduler, so a
+    slow grammar never holds up the step loop. Every model step runs under the watchdog."""
 
-    def _request(self, msg: GenerateRequest) -> Request:
+    IDLE_POLL_MS = 100
+    COMPILE_POLL_MS = 5  # while grammars compile: how soon a finished one is noticed
+
+    def __init__(self, sched: Scheduler, recv: zmq.Socket, send: zmq.Socket, tokenizer,
+                 grammar_timeout: float = 10.0, watchdog_timeout: float = 300.0) -> None:
+        self.sched, self.recv, self.send = sched, recv, send
+        self.grammars = BackgroundCompiler(tokenizer, sched.cfg.vocab_size, grammar_timeout)
+        self._compiling: dict[str, tuple[GenerateRequest, PendingGrammar]] = {}
+        self.watchdog = Watchdog(watchdog_timeout, self._describe_running)
+        # tests only: every model step first sleeps this long, to trip the watchdog
+        self._test_step_delay = float(os.environ.get("BANYAN_TEST_STEP_DELAY_S", "0"))
+
+    def _describe_running(self) -> str:
+        return f"; running requests: {', '.join(r.rid for r in list(self.sched.running)[:16]) or 'none'}"
+
+    def _check(self, msg: GenerateRequest) -> None:
         msg.params.validate(self.sched.cfg.vocab_size)
         if any(not 0 <= t < self.sched.cfg.vocab_size for t in msg.input_ids):
             raise ValueError("input_ids has a token id outside the vocabulary")
-        constraint = self.grammars().new_state(msg.grammar, msg.input_ids) if msg.grammar is not None else None
-        return Request(msg.rid, list(msg.input_ids), msg.params, msg.return_logprob, msg.top_logprobs_num,
-                       logprob_start_len=msg.logprob_start_len, constraint=constraint)
+
+    def _admit(self, msg: GenerateRequest, constraint: GrammarState | None) -> None:
+        req = Request(msg.rid, list(msg.input_ids), msg.params, msg.return_logprob, msg.top_logprobs_num,
+                      logprob_start_len=msg.logprob_start_len, constraint=constraint)
+        try:
+            self.sched.add(req)
+        except ValueError as exc:
+            self._reject(msg.rid, str(exc))
+            return
+        p = msg.params
+        self.send.send(encode(RequestMeta(msg.rid, list(p.stop), p.skip_special_tokens, list(p.stop_regex))))
+
+    def _reject(self, rid: str, message: str) -> None:
+        self.send.send(encode(ErrorOut(rid, message)))
+
+    def _admit_compiled(self) -> None:
+        """Admit the requests whose grammar is ready; fail those whose grammar failed."""
+        for rid, (msg, pending) in list(self._compiling.items()):
+            try:
+                state = pending.result()
+            except GrammarError as exc:
+                del self._compiling[rid]
+                log.warning("request %s: %s", rid, exc)
+                self._reject(rid, str(exc))
+                continue
+            if state is not None:
+                del self._compiling[rid]
+                self._admit(msg, state)
+
+    def _abort(self, rid: str) -> None:
+        compiling = self._compiling.pop(rid, None)
+        if compiling is None:
+            self.sched.abort(rid)
+            return
+        compiling[1].cancel()  # the request never reached the scheduler: end it here
+        finish = FinishReason("abort").to_dict()
+        self.send.send(encode(TokenBatch([TokenOut(rid, None, None, [], finish, len(compiling[0].input_ids),
+                                                   0, 0)])))
 
     def handle(self, msg) -> None:
         if isinstance(msg, GenerateRequest):
             try:
-                self.sched.add(self._request(msg))
+                self._check(msg)
             except ValueError as exc:
-                self.send.send(encode(ErrorOut(msg.rid, str(exc))))
+                self._reject(msg.rid, str(exc))
                 return
-            p = msg.params
-            self.send.send(encode(RequestMeta(msg.rid, list(p.stop), p.skip_special_tokens, list(p.stop_regex))))
+            if msg.grammar is None:
+                self._admit(msg, None)
+            else:
+                self._compiling[msg.rid] = (msg, self.grammars.submit(msg.grammar, list(msg.input_ids)))
         elif isinstance(msg, AbortRequest):
-            self.sched.abort(msg.rid)
+            self._abort(msg.rid)
         elif isinstance(msg, ControlRequest):
             if msg.action == "flush_cache":
                 self.send.send(encode(ControlReply(msg.req_id, self.sched.flush_cache())))
@@ -86,18 +137,29 @@ class SchedulerLoop:
             else:
                 self.send.send(encode(ControlReply(msg.req_id, False, {"error": f"unknown action {msg.action}"})))
 
+    def _step(self) -> None:
+        with self.watchdog.step():
+            if self._test_step_delay:
+                time.sleep(self._test_step_delay)
+            outs = self.sched.step()
+        if outs:
+            self.send.send(encode(TokenBatch([_token_out(o) for o in outs])))
+
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.recv, zmq.POLLIN)
         while True:
-            timeout = 0 if self.sched.has_work() else 100
+            if self.sched.has_work():
+                timeout = 0
+            else:
+                timeout = self.COMPILE_POLL_MS if self._compiling else self.IDLE_POLL_MS
             while dict(poller.poll(timeout)).get(self.recv):
                 self.handle(scheduler_decoder.decode(self.recv.recv()))
                 timeout = 0
+            if self._compiling:
+                self._admit_compiled()
             if self.sched.has_work():
-                outs = self.sched.step()
-                if outs:
-                    self.send.send(encode(TokenBatch([_token_out(o) for o in outs])))
+                self._step()
 
 
 def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, ready) -> None:
@@ -116,7 +178,7 @@ def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, read
                 "vocab_size": sched.cfg.vocab_size, "eos_token_id": sched.cfg.eos_token_id,
                 "page_size": sched.page_size})
     try:
-        SchedulerLoop(sched, recv, send, tok).run()
+        SchedulerLoop(sched, recv, send, tok, opts.grammar_compile_timeout, opts.watchdog_timeout).run()
     except Exception:
         log.error("scheduler crashed:\n%s", traceback.format_exc())
         raise
