@@ -19,6 +19,8 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     swa_fraction: float = 1.0  # sliding-window pages per compressed page (see scheduler.pools)
     max_model_len: int | None = None
     startup_timeout: float = 300.0
+    watchdog_timeout: float = 300.0  # a model step running longer than this kills the scheduler
+    grammar_compile_timeout: float = 10.0  # a grammar still compiling after this fails its request
 
     def validate(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
@@ -27,3 +29,5 @@ class EngineOptions(msgspec.Struct, kw_only=True):
             raise ValueError(f"schedule_policy must be fcfs or lpm, got {self.schedule_policy!r}")
         if self.chunked_prefill_size < 1 or self.max_running_requests < 1:
             raise ValueError("chunked_prefill_size and max_running_requests must be >= 1")
+        if self.watchdog_timeout <= 0 or self.grammar_compile_timeout <= 0:
+            raise ValueError("watchdog_timeout and grammar_compile_timeout must be > 0")

@@ -8,12 +8,18 @@ answer is constrained.
 
 JSON is always constrained without free whitespace (`, ` and `: ` separators, as `json.dumps`
 writes): a weak or random model can otherwise loop on whitespace forever.
+
+`BackgroundCompiler` compiles on worker threads with a deadline, so that a slow grammar (a
+regex like `[a-z]{1,20000}` takes xgrammar ~40 s) never stalls the scheduler's step loop.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 
 import msgspec
@@ -218,3 +224,56 @@ class GrammarState:
     def done(self) -> bool:
         """The grammar reached its end: EOS was accepted."""
         return self._matcher.is_terminated()
+
+
+class PendingGrammar:
+    """A request's grammar compiling on a worker thread, due by a deadline."""
+
+    def __init__(self, future: Future, timeout: float) -> None:
+        self._future, self.timeout = future, timeout
+        self._deadline = time.monotonic() + timeout
+
+    def result(self) -> GrammarState | None:
+        """The request's grammar state, or None while it is still compiling. Raises GrammarError
+        for an invalid grammar, or one still compiling at the deadline."""
+        if not self._future.done():
+            if time.monotonic() < self._deadline:
+                return None
+            self.cancel()
+            raise GrammarError(f"the grammar did not compile within {self.timeout:g} s; simplify it "
+                               "(large repetition counts in regex patterns are the usual cause)")
+        try:
+            return self._future.result()
+        except GrammarError:
+            raise
+        except Exception as exc:  # one request's grammar must not take the scheduler down
+            raise GrammarError(f"cannot compile the grammar: {type(exc).__name__}: {exc}") from None
+
+    def cancel(self) -> None:
+        """Drop a compile still queued; one already running cannot be interrupted and finishes
+        in the background, unused."""
+        self._future.cancel()
+
+
+class BackgroundCompiler:
+    """`GrammarCompiler` on a small thread pool (xgrammar releases the GIL while compiling).
+
+    The pool is small on purpose: a compile past its deadline keeps its thread until xgrammar
+    returns, so runaway grammars can occupy at most `threads` cores. The vocabulary index is
+    built on first use, on a worker as well."""
+
+    def __init__(self, tokenizer, vocab_size: int, timeout: float, threads: int = 2) -> None:
+        self.timeout = timeout
+        self._make = lambda: GrammarCompiler(tokenizer, vocab_size)
+        self._compiler: GrammarCompiler | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="banyan-grammar")
+
+    def _state(self, spec: GrammarSpec, prompt_ids: list[int]) -> GrammarState:
+        with self._lock:
+            if self._compiler is None:
+                self._compiler = self._make()
+        return self._compiler.new_state(spec, prompt_ids)
+
+    def submit(self, spec: GrammarSpec, prompt_ids: list[int]) -> PendingGrammar:
+        return PendingGrammar(self._pool.submit(self._state, spec, prompt_ids), self.timeout)
