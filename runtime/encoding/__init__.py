@@ -10,10 +10,11 @@ from .completion import ParsedCompletion, ToolCall, collect, parse_completion
 from .errors import EncodingError
 from .parse import parse_message_from_completion_text
 from .render import encode_messages
-from .stream import ContentDelta, Event, ReasoningDelta, StreamingParser, ToolCallArgsDelta, ToolCallStart
+from .stream import (ContentDelta, Event, ReasoningDelta, StreamingParser, ToolCallArgsDelta, ToolCallEnd,
+                     ToolCallStart)
 
 __all__ = [
     "ContentDelta", "EncodingError", "Event", "ParsedCompletion", "ReasoningDelta", "StreamingParser",
-    "ToolCall", "ToolCallArgsDelta", "ToolCallStart", "collect", "encode_messages",
+    "ToolCall", "ToolCallArgsDelta", "ToolCallEnd", "ToolCallStart", "collect", "encode_messages",
     "parse_completion", "parse_message_from_completion_text",
 ]

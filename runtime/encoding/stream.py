@@ -4,11 +4,15 @@ This state machine is the one definition of the lenient grammar; `parse_completi
 a whole text. Text is held back only while it could still become a marker, so events do not
 depend on how the text is split into deltas.
 
-Malformed or truncated DSML never raises: the DSML text not yet turned into events, and
-everything after it, becomes content. A tool call already announced (its name was complete) stays,
-and its arguments are closed: `"` if a string value was open, then `}`; a cut-off non-string value
-stays as written, so only then are the arguments not valid JSON. Text after the end of the
-tool-calls block is content.
+With tool parsing on, DSML markup never becomes reasoning or content, and a tool call counts only
+once its invoke is closed (`ToolCallEnd`):
+- DSML that does not parse (a malformed tag, a duplicate parameter, a tag outside a tool-calls
+  block) is dropped up to the end of its tool-calls block, and the call it was part of never ends;
+- at the end of the generation, a tool-calls block still open is dropped with its unfinished call,
+  and so is a partial block marker (`\\n\\n<｜DSML…`) held back from the text;
+  `ended_in_tool_calls` then tells that a call may have been cut off.
+Text after the end of a tool-calls block is content again. Without tool parsing, everything after
+the reasoning is content, verbatim.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 from .dsml import argument_key, close_arguments, string_body
-from .tokens import INVOKE_CLOSE, INVOKE_OPEN, PARAM_CLOSE, PARAM_OPEN, THINK_CLOSE, TOOL_CALLS_CLOSE, TOOL_CALLS_MARKER
+from .tokens import (DSML, INVOKE_CLOSE, INVOKE_OPEN, PARAM_CLOSE, PARAM_OPEN, THINK_CLOSE, TOOL_CALLS_CLOSE,
+                     TOOL_CALLS_MARKER)
+
+# Any DSML tag outside a well-formed block: the start of markup that cannot be parsed.
+_STRAY_TAGS = (f"<{DSML}", f"</{DSML}")
 
 
 @dataclass
@@ -43,13 +51,21 @@ class ToolCallArgsDelta:
     text: str
 
 
-Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta]
+@dataclass
+class ToolCallEnd:
+    """The call's invoke is closed: its arguments are complete."""
+
+    index: int
+
+
+Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd]
 
 
 class _S(enum.Enum):
     REASONING = "reasoning"              # text up to </think> (or a tool-calls block)
     CONTENT = "content"                  # text up to a tool-calls block
-    TAIL = "tail"                        # everything is content from here on
+    TAIL = "tail"                        # no tool parsing: everything is content from here on
+    DISCARD = "discard"                  # unparseable DSML, dropped up to the block end
     BETWEEN_INVOKES = "between_invokes"  # next: an invoke or the block end
     NAME = "name"                        # tool name up to its quote
     AFTER_NAME = "after_name"
@@ -58,6 +74,9 @@ class _S(enum.Enum):
     AFTER_KEY = "after_key"
     STRING_VALUE = "string_value"        # value up to </｜DSML｜parameter>, JSON-quoted
     RAW_VALUE = "raw_value"              # value up to </｜DSML｜parameter>, verbatim
+
+
+_TEXT_STATES = (_S.REASONING, _S.CONTENT, _S.TAIL)
 
 
 def _hold_start(buf: str, markers: tuple[str, ...]) -> int:
@@ -81,20 +100,32 @@ def _scan(buf: str, markers: tuple[str, ...]) -> tuple[int, str | None]:
     return hold, None
 
 
-class StreamingParser:
-    """Feed the detokenized generation (EOS excluded) delta by delta; call `finish` at the end."""
+def _is_marker_fragment(tail: str) -> bool:
+    """Held-back text that is the start of DSML markup, not just newlines or a lone `<`."""
+    return DSML[0] in tail or (len(tail) > 2 and TOOL_CALLS_MARKER.startswith(tail))
 
-    def __init__(self, thinking: bool, tools: bool):
+
+class StreamingParser:
+    """Feed the detokenized generation (EOS excluded) delta by delta; call `finish` at the end.
+
+    With `whole_calls`, a tool call's events are held until its invoke closes and then come
+    together (start, all arguments, end), so a call cut off by the end of the generation is never
+    announced; call indexes then count complete calls only."""
+
+    def __init__(self, thinking: bool, tools: bool, whole_calls: bool = False):
         self._tools = tools
+        self._whole_calls = whole_calls
         self._state = _S.REASONING if thinking else _S.CONTENT if tools else _S.TAIL
         self._buf = ""        # received text not consumed yet
-        self._pending = ""    # DSML text consumed but not yet turned into an event
         self._events: list[Event] = []
+        self._held: list[Event] = []  # the open call's events (whole_calls only)
         self._call = -1       # index of the latest tool call
+        self._complete = 0    # calls whose invoke closed
         self._in_call = False
         self._keys: list[str] = []
         self._field = ""      # the name or key just read
         self._quote_open = False
+        self.ended_in_tool_calls = False  # set by `finish`: the text ended inside a tool-calls block
 
     def feed(self, delta: str) -> list[Event]:
         """Events for the text that `delta` makes decidable."""
@@ -105,12 +136,11 @@ class StreamingParser:
 
     def finish(self) -> list[Event]:
         """Events for the held-back text at the end of the generation."""
-        if self._state is _S.REASONING:
-            self._emit(ReasoningDelta(self._buf))
-        elif self._state in (_S.CONTENT, _S.TAIL):
-            self._emit(ContentDelta(self._buf))
+        if self._state in _TEXT_STATES and not (self._tools and _is_marker_fragment(self._buf)):
+            self._emit_text(self._buf)
         else:
-            self._fall_back()
+            self.ended_in_tool_calls = True
+            self._drop_call()
         self._buf = ""
         return self._take()
 
@@ -122,19 +152,22 @@ class StreamingParser:
 
     def _emit(self, event: Event) -> None:
         """Queue `event`; text joins the previous event when that is of the same kind and call."""
-        if isinstance(event, ToolCallStart):
-            self._events.append(event)
+        queue = self._held if self._whole_calls and self._in_call else self._events
+        if isinstance(event, (ToolCallStart, ToolCallEnd)):
+            queue.append(event)
             return
         if not event.text:
             return
-        last = self._events[-1] if self._events else None
+        last = queue[-1] if queue else None
         if type(last) is type(event) and getattr(last, "index", None) == getattr(event, "index", None):
             last.text += event.text
         else:
-            self._events.append(event)
+            queue.append(event)
+
+    def _emit_text(self, text: str) -> None:
+        self._emit(ReasoningDelta(text) if self._state is _S.REASONING else ContentDelta(text))
 
     def _emit_args(self, text: str) -> None:
-        self._pending = ""
         self._emit(ToolCallArgsDelta(self._call, text))
 
     # --- the machine -----------------------------------------------------------------------------
@@ -143,11 +176,13 @@ class StreamingParser:
         """Consume what can be decided from the buffer; False when more text is needed."""
         state = self._state
         if state is _S.TAIL:
-            self._emit(ContentDelta(self._buf))
+            self._emit_text(self._buf)
             self._buf = ""
             return False
         if state in (_S.REASONING, _S.CONTENT):
             return self._scan_text()
+        if state is _S.DISCARD:
+            return self._discard()
         if state in (_S.STRING_VALUE, _S.RAW_VALUE):
             return self._scan_value()
         if state in (_S.NAME, _S.KEY):
@@ -156,17 +191,29 @@ class StreamingParser:
 
     def _scan_text(self) -> bool:
         reasoning = self._state is _S.REASONING
-        markers = ((THINK_CLOSE,) if reasoning else ()) + ((TOOL_CALLS_MARKER,) if self._tools else ())
+        markers = ((THINK_CLOSE,) if reasoning else ()) + ((TOOL_CALLS_MARKER, *_STRAY_TAGS) if self._tools else ())
         at, marker = _scan(self._buf, markers)
-        text, self._buf = self._buf[:at], self._buf[at:]
-        self._emit(ReasoningDelta(text) if reasoning else ContentDelta(text))
+        self._emit_text(self._buf[:at])
+        self._buf = self._buf[at:]
+        if marker is None:
+            return False
+        if marker == THINK_CLOSE:
+            self._buf = self._buf[len(marker):]
+            self._state = _S.CONTENT if self._tools else _S.TAIL
+        elif marker == TOOL_CALLS_MARKER:
+            self._buf = self._buf[len(marker):]
+            self._state = _S.BETWEEN_INVOKES
+        else:  # a stray tag stays in the buffer: it may itself be the block end
+            self._state = _S.DISCARD
+        return True
+
+    def _discard(self) -> bool:
+        at, marker = _scan(self._buf, (TOOL_CALLS_CLOSE,))
+        self._buf = self._buf[at:]
         if marker is None:
             return False
         self._buf = self._buf[len(marker):]
-        if marker == THINK_CLOSE:
-            self._state = _S.CONTENT if self._tools else _S.TAIL
-        else:
-            self._state, self._pending = _S.BETWEEN_INVOKES, marker
+        self._state = _S.CONTENT
         return True
 
     def _scan_value(self) -> bool:
@@ -190,7 +237,6 @@ class StreamingParser:
         if end < 0:
             return False
         self._field, self._buf = self._buf[:end], self._buf[end:]
-        self._pending += self._field
         self._state = _S.AFTER_NAME if self._state is _S.NAME else _S.AFTER_KEY
         return True
 
@@ -199,7 +245,6 @@ class StreamingParser:
         for literal, target, action in transitions:
             if self._buf.startswith(literal):
                 self._buf = self._buf[len(literal):]
-                self._pending += literal
                 self._state = target
                 if action is not None:
                     action(self)
@@ -214,7 +259,6 @@ class StreamingParser:
     def _open_call(self) -> None:
         self._call += 1
         self._in_call, self._keys = True, []
-        self._pending = ""
         self._emit(ToolCallStart(self._call, self._field))
 
     def _open_param(self) -> None:
@@ -231,27 +275,29 @@ class StreamingParser:
             self._emit_args('"')
 
     def _close_call(self) -> None:
-        self._in_call = False
         self._emit_args(close_arguments(bool(self._keys)))
+        self._emit(ToolCallEnd(self._call))
+        self._in_call = False
+        held, self._held = self._held, []
+        for event in held:  # whole_calls: renumber by complete calls
+            event.index = self._complete
+            self._emit(event)
+        self._complete += 1
 
-    def _close_block(self) -> None:
-        self._pending = ""
+    def _drop_call(self) -> None:
+        """The open call (if any) will never end; in whole_calls mode nothing of it was emitted."""
+        self._in_call, self._quote_open, self._held = False, False, []
 
     def _fall_back(self) -> None:
-        """Malformed or truncated DSML: close the open call, the unparsed text becomes content."""
-        unparsed = self._pending + self._buf
-        if self._in_call:
-            self._close_quote()
-            self._close_call()
-        self._pending = self._buf = ""
-        self._state = _S.TAIL
-        self._emit(ContentDelta(unparsed))
+        """Malformed DSML: drop it and the open call, up to the end of the tool-calls block."""
+        self._drop_call()
+        self._state = _S.DISCARD
 
 
 _Action = Callable[[StreamingParser], None]
 _TRANSITIONS: dict[_S, tuple[tuple[str, _S, _Action | None], ...]] = {
     _S.BETWEEN_INVOKES: (("\n" + INVOKE_OPEN + ' name="', _S.NAME, None),
-                         ("\n" + TOOL_CALLS_CLOSE, _S.TAIL, StreamingParser._close_block)),
+                         ("\n" + TOOL_CALLS_CLOSE, _S.CONTENT, None)),
     _S.AFTER_NAME: (('">', _S.BETWEEN_PARAMS, StreamingParser._open_call),),
     _S.BETWEEN_PARAMS: (("\n" + PARAM_OPEN + ' name="', _S.KEY, None),
                         ("\n" + INVOKE_CLOSE, _S.BETWEEN_INVOKES, StreamingParser._close_call),

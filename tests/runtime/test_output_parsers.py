@@ -9,7 +9,7 @@ import random
 import pytest
 
 from banyan.runtime.encoding import (ContentDelta, ParsedCompletion, ReasoningDelta, StreamingParser, ToolCall,
-                                     ToolCallArgsDelta, ToolCallStart, parse_completion,
+                                     ToolCallArgsDelta, ToolCallEnd, ToolCallStart, parse_completion,
                                      parse_message_from_completion_text)
 
 EOS = "<｜end▁of▁sentence｜>"
@@ -58,58 +58,61 @@ WELL_FORMED = {
 
 TRUNCATED = "Checking." + OPEN + invoke("get_weather", param("city", "Paris")) + "\n" + invoke("now")
 
-# (text, thinking, tools, expected): never raise, the unparsed rest is content
+# (text, thinking, tools, expected): never raise; DSML that does not parse is dropped with the call it
+# was part of, and a block still open at the end is dropped with its unfinished call
 MALFORMED = {
-    "truncated block header": ("Hi" + OPEN + "<｜DSML｜inv", False, True,
-                               ParsedCompletion("Hi" + OPEN + "<｜DSML｜inv", None, [])),
+    "truncated block header": ("Hi" + OPEN + "<｜DSML｜inv", False, True, ParsedCompletion("Hi", None, [], True)),
     "truncated inside a string value": ("Hi" + OPEN + '<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="city" '
                                         'string="true">Par</｜DSML', False, True,
-                                        ParsedCompletion("Hi</｜DSML", None, [ToolCall("f", '{"city": "Par"}')])),
+                                        ParsedCompletion("Hi", None, [], True)),
     "truncated after a parameter header": ("Hi" + OPEN + '<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="n" '
-                                           'string="false">', False, True,
-                                           ParsedCompletion("Hi", None, [ToolCall("f", '{"n": }')])),
+                                           'string="false">', False, True, ParsedCompletion("Hi", None, [], True)),
     "missing >\\n after the block tag": ("Hi\n\n<｜DSML｜tool_calls>" + invoke("now") + CLOSE, False, True,
-                                         ParsedCompletion("Hi\n\n<｜DSML｜tool_calls>" + invoke("now") + CLOSE,
-                                                          None, [])),
+                                         ParsedCompletion("Hi", None, [])),
     "duplicate parameter": ("Hi" + OPEN + invoke("f", param("a", "1"), param("a", "2")) + CLOSE, False, True,
-                            ParsedCompletion("Hi\n" + param("a", "2") + "\n</｜DSML｜invoke>" + CLOSE, None,
-                                             [ToolCall("f", '{"a": "1"}')])),
+                            ParsedCompletion("Hi", None, [])),
     "bad string attribute": ("Hi" + OPEN + invoke("f", param("a", "1").replace('"true"', '"yes"')) + CLOSE,
-                             False, True,
-                             ParsedCompletion("Hi\n" + param("a", "1").replace('"true"', '"yes"')
-                                              + "\n</｜DSML｜invoke>" + CLOSE, None, [ToolCall("f", "{}")])),
+                             False, True, ParsedCompletion("Hi", None, [])),
     "junk after the end tag": ("Hi" + OPEN + invoke("now") + CLOSE + "\nand more", False, True,
                                ParsedCompletion("Hi\nand more", None, [ToolCall("now", "{}")])),
     "second invoke broken": ("Hi" + OPEN + invoke("now") + '\n<｜DSML｜invoke name="x\n">', False, True,
-                             ParsedCompletion('Hi\n<｜DSML｜invoke name="x\n">', None, [ToolCall("now", "{}")])),
+                             ParsedCompletion("Hi", None, [ToolCall("now", "{}")], True)),
     "</think> missing": ("still thinking" + OPEN[:6], True, True,
-                         ParsedCompletion("", "still thinking" + OPEN[:6], [])),
+                         ParsedCompletion("", "still thinking", [], True)),
     "unicode everywhere": ("推理😀</think>内容" + OPEN + '<｜DSML｜invoke name="工具">\n<｜DSML｜parameter name="键"',
-                           True, True,
-                           ParsedCompletion('内容\n<｜DSML｜parameter name="键"', "推理😀", [ToolCall("工具", "{}")])),
+                           True, True, ParsedCompletion("内容", "推理😀", [], True)),
+    "stray tag in content": ('Hi <｜DSML｜invoke name="f">x', False, True, ParsedCompletion("Hi ", None, [], True)),
+    "stray tag up to a block end": ("Hi<｜DSML｜parameter>x" + CLOSE + " bye", False, True,
+                                    ParsedCompletion("Hi bye", None, [])),
+    "stray tag in reasoning": ("hmm </｜DSML｜invoke> ok", True, True, ParsedCompletion("", "hmm ", [], True)),
+    "a lone < and newlines stay text": ("a < b\n\n", True, True, ParsedCompletion("", "a < b\n\n", [])),
     "empty text": ("", True, True, ParsedCompletion("", "", [])),
 }
 
 
-def run_stream(text: str, thinking: bool, tools: bool, cuts: list[int]) -> tuple[list, list]:
-    """(events from feed calls, events from finish) for `text` split at `cuts`."""
-    parser = StreamingParser(thinking, tools)
+def run_stream(text: str, thinking: bool, tools: bool, cuts: list[int], whole_calls: bool = False,
+               ) -> tuple[list, list, bool]:
+    """(events from feed calls, events from finish, ended_in_tool_calls) for `text` split at `cuts`."""
+    parser = StreamingParser(thinking, tools, whole_calls)
     fed, start = [], 0
     for end in [*cuts, len(text)]:
         fed += parser.feed(text[start:end])
         start = end
-    return fed, parser.finish()
+    return fed, parser.finish(), parser.ended_in_tool_calls
 
 
-def assemble(events: list, thinking: bool) -> ParsedCompletion:
+def assemble(events: list, thinking: bool, ended_in_tool_calls: bool = False) -> ParsedCompletion:
+    """The completion the events spell, built independently of `collect`: a call counts once ended."""
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
     content = "".join(e.text for e in events if isinstance(e, ContentDelta))
-    calls = [ToolCall(e.name, "") for e in events if isinstance(e, ToolCallStart)]
-    assert [e.index for e in events if isinstance(e, ToolCallStart)] == list(range(len(calls)))
+    starts = [e.index for e in events if isinstance(e, ToolCallStart)]
+    assert starts == sorted(set(starts))
+    calls = {i: ToolCall(e.name, "") for e in events if isinstance(e, ToolCallStart) for i in [e.index]}
     for e in events:
         if isinstance(e, ToolCallArgsDelta):
             calls[e.index].arguments += e.text
-    return ParsedCompletion(content, reasoning if thinking else None, calls)
+    ended = [e.index for e in events if isinstance(e, ToolCallEnd)]
+    return ParsedCompletion(content, reasoning if thinking else None, [calls[i] for i in ended], ended_in_tool_calls)
 
 
 def splits(text: str, seed: int) -> list[list[int]]:
@@ -131,19 +134,37 @@ def test_well_formed(name):
 
 
 @pytest.mark.parametrize("name", MALFORMED)
-def test_malformed_falls_back_to_content(name):
+def test_malformed_dsml_is_dropped(name):
     text, thinking, tools, expected = MALFORMED[name]
     assert parse_completion(text, thinking, tools) == expected
 
 
-def test_truncation_at_every_point_never_raises():
-    for end in range(len(TRUNCATED) + 1):
-        result = parse_completion(TRUNCATED[:end], False, True)
-        assert result.content.startswith(TRUNCATED[:min(end, len("Checking."))])
-        assert len(result.tool_calls) <= 2
+# A forced call as the grammar writes it: the text of every prefix is what `max_tokens` may leave.
+FORCED = ("Checking." + OPEN + invoke("get_weather", param("city", "Paris"), param("days", "3", False)) + "\n"
+          + invoke("now") + CLOSE)
+CALL_ENDS = [FORCED.index("</｜DSML｜invoke>") + len("</｜DSML｜invoke>"),
+             FORCED.rindex("</｜DSML｜invoke>") + len("</｜DSML｜invoke>")]
+MARKER_START = len("Checking.\n\n<")  # from here the held-back text is a marker fragment
+
+
+@pytest.mark.parametrize("whole_calls", [False, True])
+def test_every_cut_of_a_forced_call_reports_only_complete_calls(whole_calls):
+    for end in range(len(FORCED) + 1):
+        cut = FORCED[:end]
+        result = parse_completion(cut, False, True)
+        for text in (result.content, *(c.arguments for c in result.tool_calls)):
+            assert "｜" not in text and "<｜" not in text, (end, result)
+        assert result.content == ("Checking." if end >= MARKER_START else cut), end
+        complete = sum(end >= e for e in CALL_ENDS)
+        assert [c.name for c in result.tool_calls] == ["get_weather", "now"][:complete], end
         if result.tool_calls:
-            assert result.tool_calls[0].name == "get_weather"
-            json.loads(result.tool_calls[0].arguments)  # string values are closed, so it stays valid JSON
+            assert json.loads(result.tool_calls[0].arguments) == {"city": "Paris", "days": 3}
+        assert result.ended_in_tool_calls == (MARKER_START <= end < len(FORCED)), end
+        fed, finished, ended = run_stream(cut, False, True, list(range(1, end)), whole_calls)
+        assert assemble(fed + finished, False, ended) == result, end
+        if whole_calls:  # nothing of a call is sent before its invoke closes
+            starts = [e for e in fed + finished if isinstance(e, ToolCallStart)]
+            assert [e.name for e in starts] == [c.name for c in result.tool_calls], end
 
 
 def test_random_text_never_raises():
@@ -154,7 +175,9 @@ def test_random_text_never_raises():
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
         for thinking in (False, True):
             whole = parse_completion(text, thinking, True)
-            assert assemble(sum(run_stream(text, thinking, True, [rng.randint(0, len(text))]), []), thinking) == whole
+            for whole_calls in (False, True):
+                fed, finished, ended = run_stream(text, thinking, True, [rng.randint(0, len(text))], whole_calls)
+                assert assemble(fed + finished, thinking, ended) == whole
 
 
 @pytest.mark.parametrize("name", ALL_CASES)
@@ -162,15 +185,16 @@ def test_streaming_matches_whole_parse_for_every_split(name):
     text, thinking, tools, _ = ALL_CASES[name]
     whole = parse_completion(text, thinking, tools)
     for cuts in splits(text, seed=len(text)):
-        fed, finished = run_stream(text, thinking, tools, cuts)
-        assert assemble(fed + finished, thinking) == whole, cuts
+        for whole_calls in (False, True):
+            fed, finished, ended = run_stream(text, thinking, tools, cuts, whole_calls)
+            assert assemble(fed + finished, thinking, ended) == whole, cuts
 
 
 @pytest.mark.parametrize("name", WELL_FORMED)
 def test_no_marker_fragment_in_text_deltas(name):
     text, thinking, tools, _ = WELL_FORMED[name]
     for cuts in splits(text, seed=1):
-        fed, finished = run_stream(text, thinking, tools, cuts)
+        fed, finished, _ = run_stream(text, thinking, tools, cuts)
         for event in fed + finished:
             if isinstance(event, (ContentDelta, ReasoningDelta)) and tools:
                 assert "｜DSML｜" not in event.text and "</think>" not in event.text
@@ -217,3 +241,11 @@ def test_lenient_agrees_with_strict_on_well_formed_text():
         assert strict["reasoning_content"] == (expected.reasoning_content or "")
         assert [(c["function"]["name"], c["function"]["arguments"]) for c in strict["tool_calls"]] == [
             (c.name, c.arguments) for c in expected.tool_calls]
+
+
+def test_whole_calls_number_complete_calls_only():
+    text = "Hi" + OPEN + invoke("f", param("a", "1"), param("a", "2")) + CLOSE + OPEN + invoke("now") + CLOSE
+    assert parse_completion(text, False, True) == ParsedCompletion("Hi", None, [ToolCall("now", "{}")])
+    parser = StreamingParser(False, True, whole_calls=True)
+    events = parser.feed(text) + parser.finish()
+    assert events == [ContentDelta("Hi"), ToolCallStart(0, "now"), ToolCallArgsDelta(0, "{}"), ToolCallEnd(0)]
