@@ -17,16 +17,39 @@ Where the next pieces plug in:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from .batch import ForwardBatch
 from .kv_cache import CacheShape, V4KVCache
 from .network import DeepseekV4
-from .sampling import SamplingRow, sample
+from .sampling import SamplingRow, sample, target_distribution
+from .speculative import Verdict, verify_greedy, verify_rejection
 
-__all__ = ["ModelRunner", "PromptScoring", "RunOutput", "RunRequest", "SamplingRow"]
+__all__ = ["Drafter", "ModelRunner", "PromptScoring", "RunOutput", "RunRequest", "SamplingRow", "Speculation"]
+
+
+class Drafter(Protocol):
+    """Proposes draft tokens for speculative decoding."""
+
+    def propose(self, key: str, context: list[int], k: int) -> tuple[list[int], torch.Tensor | None]:
+        """`k` drafts to follow `context` (a request's committed tokens: prompt, output so
+        far, this step's tokens), and the distribution `[k, V]` each was drawn from (None:
+        greedy drafts)."""
+        ...
+
+
+@dataclass
+class Speculation:
+    """A decoding request that verifies drafts this step and wants new ones after it."""
+
+    key: str  # the request, for drafters that keep per-request state
+    context: list[int]  # committed tokens before this step (the last one is `tokens[0]`)
+    drafts: list[int] = field(default_factory=list)  # verified this step: `tokens[1:]`
+    draft_probs: torch.Tensor | None = None  # [len(drafts), V], None: greedy drafts
+    next_k: int = 0  # drafts to propose after this step
 
 
 @dataclass
@@ -51,22 +74,27 @@ class RunRequest:
     restore_page: int | None = None  # resume at `prefix_len` from this cached page's snapshot first
     sampling: SamplingRow | None = None  # sample a token after the last new token
     scoring: PromptScoring | None = None
+    speculation: Speculation | None = None
 
 
 @dataclass
 class RunOutput:
-    token: int | None = None
-    logprob: float | None = None
+    tokens: list[int] = field(default_factory=list)  # emitted: one sampled token, or kept drafts + one
+    logprob: float | None = None  # of a single sampled token
     top_logprobs: list[tuple[int, float]] | None = None
     prompt_logprobs: list[float] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]]] | None = None
+    accepted: int = 0  # drafts kept
+    drafts: list[int] = field(default_factory=list)  # proposed for the next step
+    draft_probs: torch.Tensor | None = None
 
 
 class ModelRunner:
-    def __init__(self, model: DeepseekV4, shape: CacheShape) -> None:
+    def __init__(self, model: DeepseekV4, shape: CacheShape, drafter: Drafter | None = None) -> None:
         self.model = model
         self.cfg = model.cfg
         self.kv = V4KVCache(model.cfg, shape, dtype=model.dtype, device=model.device)
+        self.drafter = drafter
 
     @property
     def page_size(self) -> int:
@@ -77,25 +105,40 @@ class ModelRunner:
         for r in requests:
             if r.restore_page is not None:
                 self.kv.restore_compressor_state(r.slot, r.restore_page, r.prefix_len)
-        all_logits = any(r.scoring is not None for r in requests)
+        all_logits = any(r.scoring is not None or _verifies(r) for r in requests)
         logits = self._forward(requests, all_logits)
         outputs = [RunOutput() for _ in requests]
         ends, start = [], 0
         for r, out in zip(requests, outputs):
+            rows = logits[start:start + len(r.tokens)] if all_logits else None
             if r.scoring is not None:
-                out.prompt_logprobs, out.prompt_top_logprobs = _score(logits[start:start + len(r.tokens)], r.scoring)
+                out.prompt_logprobs, out.prompt_top_logprobs = _score(rows, r.scoring)
+            if _verifies(r):
+                verdict = _verify(rows, r.sampling, r.speculation)
+                out.tokens, out.accepted = verdict.tokens, verdict.accepted
             start += len(r.tokens)
             ends.append(start - 1 if all_logits else len(ends))
-        due = [i for i, r in enumerate(requests) if r.sampling is not None]
+        due = [i for i, r in enumerate(requests) if r.sampling is not None and not _verifies(r)]
         if due:
             rows = [ends[i] for i in due]
             picked = logits if rows == list(range(logits.shape[0])) else logits[rows]  # no copy in steady decode
             result = sample(picked, [requests[i].sampling for i in due])
             for j, i in enumerate(due):
-                outputs[i].token = result.tokens[j]
+                outputs[i].tokens = [result.tokens[j]]
                 outputs[i].logprob = result.logprobs[j]
                 outputs[i].top_logprobs = result.top_logprobs[j]
+        self._draft(requests, outputs)
         return outputs
+
+    def _draft(self, requests: list[RunRequest], outputs: list[RunOutput]) -> None:
+        """Proposals for the next step of every speculating request that emitted tokens."""
+        for r, out in zip(requests, outputs):
+            spec = r.speculation
+            if spec is None or not spec.next_k or not out.tokens:
+                continue
+            if self.drafter is None:
+                raise RuntimeError("speculative decoding was asked for, but the runner has no drafter")
+            out.drafts, out.draft_probs = self.drafter.propose(spec.key, spec.context + out.tokens, spec.next_k)
 
     def _forward(self, requests: list[RunRequest], all_logits: bool) -> torch.Tensor:
         """The step's `ForwardBatch`, built on the host in a few calls, through the network."""
@@ -113,6 +156,19 @@ class ModelRunner:
             all_logits=all_logits,
         )
         return self.model(batch, self.kv)
+
+
+def _verifies(r: RunRequest) -> bool:
+    return r.speculation is not None and bool(r.speculation.drafts) and r.sampling is not None
+
+
+def _verify(rows: torch.Tensor, sampling: SamplingRow, spec: Speculation) -> Verdict:
+    """Keep the drafts the target agrees with; `rows` `[1 + K, V]` are the target's logits at
+    the last committed token and at each draft."""
+    if sampling.greedy:
+        return verify_greedy(rows.max(dim=-1).indices.tolist(), spec.drafts)
+    target = torch.stack([target_distribution(row, sampling) for row in rows])  # [1 + K, V]
+    return verify_rejection(target, spec.drafts, spec.draft_probs, sampling.generator)
 
 
 def _score(logits: torch.Tensor, scoring: PromptScoring) -> tuple[list[float], list[list[tuple[int, float]]]]:

@@ -31,6 +31,10 @@ class SamplingRow:
     top_logprobs: int = 0
     logprob: bool = True  # report the chosen token's logprob
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
 
 @dataclass
 class SampleResult:
@@ -64,7 +68,8 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
     return logits
 
 
-def _truncate(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+def target_distribution(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    """The distribution a non-greedy row draws from: temperature, top-k, top-p, min-p over `[V]`."""
     logits = logits / row.temperature
     if row.top_k > 0 and row.top_k < logits.numel():
         kth = torch.topk(logits, row.top_k).values[-1]
@@ -91,8 +96,8 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
             _apply_penalties(logits[i], rows[i])
     tokens = logits.max(dim=-1).indices  # the first maximum, as argmax; ~3x faster than argmax on CPU
     for i, row in enumerate(rows):
-        if not (row.temperature == 0 or row.top_k == 1):
-            probs = _truncate(logits[i], row)
+        if not row.greedy:
+            probs = target_distribution(logits[i], row)
             tokens[i] = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
     token_list = tokens.tolist()
     logprobs: list[float | None] = [None] * len(rows)

@@ -63,6 +63,11 @@ class Request:
     restore_page: int | None = None  # resume its compressor state from this page's snapshot on the next run
     generator: torch.Generator | None = None
     retractions: int = 0
+    # speculative decoding
+    drafts: list[int] = field(default_factory=list)  # proposed to follow the last token
+    draft_probs: torch.Tensor | None = None  # [len(drafts), V]; None: greedy drafts
+    spec_verify_steps: int = 0
+    spec_accepted_tokens: int = 0
 
     @property
     def seq(self) -> list[int]:

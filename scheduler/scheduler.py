@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..model.runner import ModelRunner, PromptScoring, RunOutput, RunRequest, SamplingRow
+from ..model.runner import ModelRunner, PromptScoring, RunOutput, RunRequest, SamplingRow, Speculation
 from .cache_manager import CacheManager
 from .pools import MemoryPools, min_swa_pages
 from .request import FinishReason, Request
@@ -37,6 +37,8 @@ class StepOutput:
     completion_tokens: int
     input_logprobs: list[float | None] = field(default_factory=list)
     input_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    spec_verify_steps: int = 0  # steps that verified drafts for this request so far
+    spec_accepted_tokens: int = 0  # drafts it kept so far
 
 
 @dataclass
@@ -46,6 +48,10 @@ class SchedulerStats:
     cache_hit_tokens: int = 0
     retractions: int = 0
     steps: int = 0
+    spec_verify_steps: int = 0  # request-steps that verified drafts
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
+    spec_accepted_at: list[int] = field(default_factory=list)  # kept drafts by position (0 = first draft)
 
 
 @dataclass
@@ -60,17 +66,20 @@ class Scheduler:
     def __init__(self, runner: ModelRunner, pools: MemoryPools, chunked_prefill_size: int = 512,
                  policy: str = "fcfs", enable_prefix_cache: bool = True, max_running: int | None = None,
                  decode_text: Callable[[list[int]], str] | None = None, waiting_share: float = 0.25,
-                 check_integrity: bool = False) -> None:
+                 num_draft_tokens: int = 0, check_integrity: bool = False) -> None:
         """`waiting_share`: the part of the per-step token budget that the oldest running prefill
         leaves to other prefills and to requests waiting for admission, so one long prompt cannot
-        hold back everything behind it. `check_integrity`: verify the page bookkeeping after
-        every step (tests)."""
+        hold back everything behind it. `num_draft_tokens`: speculative decoding with this many
+        drafts per step (the runner's drafter proposes them). `check_integrity`: verify the page
+        bookkeeping after every step (tests)."""
         if policy not in POLICIES:
             raise ValueError(f"schedule policy must be one of {POLICIES}, got {policy!r}")
         if chunked_prefill_size < 1:
             raise ValueError("chunked_prefill_size must be >= 1")
         if not 0 <= waiting_share < 1:
             raise ValueError(f"waiting_share must be in [0, 1), got {waiting_share}")
+        if num_draft_tokens < 0 or (num_draft_tokens and runner.drafter is None):
+            raise ValueError(f"num_draft_tokens={num_draft_tokens} needs a runner with a drafter")
         if runner.page_size != pools.page_size:
             raise ValueError(f"the runner's page size {runner.page_size} differs from the pools' {pools.page_size}")
         self.runner = runner
@@ -83,6 +92,7 @@ class Scheduler:
         self.max_running = min(max_running or pools.slots.capacity, pools.slots.capacity)
         self.decode_text = decode_text
         self.debug_integrity = check_integrity
+        self.num_draft_tokens = num_draft_tokens
         need = min_swa_pages(self.cfg, self.page_size, 1, chunked_prefill_size)
         if pools.swa_pages.capacity < need:
             raise ValueError(f"the sliding-window pool has {pools.swa_pages.capacity} pages; one request with "
@@ -155,20 +165,26 @@ class Scheduler:
 
     def _item(self, req: Request, n: int) -> ScheduledItem:
         scores = self._needs_input_logprobs(req)
-        samples = req.pending == n and req.params.max_new_tokens > 0
-        run = RunRequest(slot=req.slot, prefix_len=req.computed, tokens=req.seq[req.computed:req.computed + n],
-                         pages=req.pages, swa_pages=req.swa_pages, restore_page=req.restore_page,
+        samples = req.pending <= n and req.params.max_new_tokens > 0
+        tokens = req.seq[req.computed:req.computed + n]
+        drafts = req.drafts[:n - len(tokens)]
+        speculation = None
+        if samples and self._speculates(req):
+            speculation = Speculation(req.rid, req.seq, drafts, _first_rows(req.draft_probs, len(drafts)),
+                                      self.num_draft_tokens)
+        run = RunRequest(slot=req.slot, prefix_len=req.computed, tokens=tokens + drafts, pages=req.pages,
+                         swa_pages=req.swa_pages, restore_page=req.restore_page,
                          sampling=self._sampling_row(req) if samples else None,
-                         scoring=self._prompt_scoring(req, n) if scores else None)
+                         scoring=self._prompt_scoring(req, n) if scores else None, speculation=speculation)
         return ScheduledItem(req, n, run, scores)
 
     def process_results(self, batch: list[ScheduledItem], results: list[RunOutput]) -> list[StepOutput]:
-        """Advance each request by what ran, cache its completed pages, emit its new token."""
+        """Advance each request by what ran, cache its completed pages, emit its new tokens."""
         outputs = []
         for item, res in zip(batch, results):
             req, n = item.req, item.tokens
-            if n == 1 and req.output_ids and req.pending == 1:
-                self.stats.decode_tokens += 1
+            if req.output_ids and req.pending == 1:
+                self.stats.decode_tokens += len(res.tokens)
             else:
                 self.stats.prefill_tokens += n
             if item.scores_prompt:
@@ -177,18 +193,37 @@ class Scheduler:
                     req.input_top_logprobs.append([])
                 req.input_logprobs += res.prompt_logprobs or []
                 req.input_top_logprobs += res.prompt_top_logprobs or []
-            req.computed += n
+            if item.run.speculation is not None:
+                self._record_speculation(req, item.run.speculation, res)
+            if res.tokens:
+                outputs += self._append_tokens(req, res)
+                req.computed = len(req.seq) - 1  # the last committed token and every kept draft
+            else:
+                req.computed += n
             req.restore_page = None
             self.cache.insert_full_pages(req)
             self.cache.drop_old_windows(req)
             if req.pending == 0 and req.params.max_new_tokens == 0:
                 req.finish = FinishReason("length")
+                outputs.append(self._output(req, None, None, []))
+            if req.finish is not None:
                 self.running.remove(req)
                 self.cache.release(req)
-                outputs.append(self._output(req, None, None, []))
-            elif res.token is not None:
-                outputs.append(self._append_token(req, res.token, res.logprob, res.top_logprobs or []))
         return outputs
+
+    def _record_speculation(self, req: Request, spec: Speculation, res: RunOutput) -> None:
+        req.drafts, req.draft_probs = res.drafts, res.draft_probs
+        if not spec.drafts:
+            return
+        st = self.stats
+        req.spec_verify_steps += 1
+        req.spec_accepted_tokens += res.accepted
+        st.spec_verify_steps += 1
+        st.spec_draft_tokens += len(spec.drafts)
+        st.spec_accepted_tokens += res.accepted
+        st.spec_accepted_at += [0] * (len(spec.drafts) - len(st.spec_accepted_at))
+        for i in range(res.accepted):
+            st.spec_accepted_at[i] += 1
 
     def check_integrity(self) -> None:
         """Raise `IntegrityError` if the pools, the tree and the running requests disagree."""
@@ -207,7 +242,8 @@ class Scheduler:
         """(request, tokens to run) for this step. Decodes always run. The oldest running prefill
         leaves `reserve` tokens of the budget to later prefills and to admissions when any are
         waiting, so a request that arrives during a long prefill starts at the next step."""
-        plan: list[tuple[Request, int]] = [(r, 1) for r in self.running if r.pending == 1]
+        plan: list[tuple[Request, int]] = [(r, 1 + len(self._usable_drafts(r))) for r in self.running
+                                           if r.pending == 1]
         prefilling = [r for r in self.running if r.pending > 1]
         others_want = len(prefilling) > 1 or (bool(self.waiting) and self._can_admit())
         budget = self.chunk
@@ -271,6 +307,22 @@ class Scheduler:
         self.waiting.appendleft(req)
 
     # ---- per-request step data --------------------------------------------------------------------
+    def _speculates(self, req: Request) -> bool:
+        """Whether `req` decodes speculatively. Grammars, penalties, logit bias, logprobs and a
+        pending `min_new_tokens` need per-position state the first version does not keep: those
+        requests decode one token per step."""
+        p = req.params
+        return bool(self.num_draft_tokens) and not (
+            req.constraint is not None or req.return_logprob or req.wants_input_logprobs or p.logit_bias
+            or p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+            or len(req.output_ids) < p.min_new_tokens)
+
+    def _usable_drafts(self, req: Request) -> list[int]:
+        """The drafts `req` verifies this step: none past its token limit."""
+        if not req.drafts or not self._speculates(req):
+            return []
+        return req.drafts[:max(0, req.params.max_new_tokens - len(req.output_ids) - 1)]
+
     def _needs_input_logprobs(self, req: Request) -> bool:
         return req.wants_input_logprobs and req.computed < len(req.prompt_ids)
 
@@ -294,17 +346,20 @@ class Scheduler:
             top_logprobs=req.top_logprobs_num if req.return_logprob else 0, logprob=req.return_logprob,
         )
 
-    def _append_token(self, req: Request, token: int, logprob: float,
-                      top: list[tuple[int, float]]) -> StepOutput:
-        req.output_ids.append(token)
-        if req.return_logprob:
-            req.output_logprobs.append(logprob)
-            req.output_top_logprobs.append(top)
-        req.finish = self._advance_constraint(req, token) or self._check_stop(req, token)
-        if req.finish is not None:
-            self.running.remove(req)
-            self.cache.release(req)
-        return self._output(req, token, logprob, top)
+    def _append_tokens(self, req: Request, res: RunOutput) -> list[StepOutput]:
+        """Append what the request emitted, one token at a time; a stop ends it there."""
+        outputs = []
+        for token in res.tokens:
+            req.output_ids.append(token)
+            top = res.top_logprobs or []
+            if req.return_logprob:
+                req.output_logprobs.append(res.logprob)
+                req.output_top_logprobs.append(top)
+            req.finish = self._advance_constraint(req, token) or self._check_stop(req, token)
+            outputs.append(self._output(req, token, res.logprob, top))
+            if req.finish is not None:
+                break
+        return outputs
 
     @staticmethod
     def _advance_constraint(req: Request, token: int) -> FinishReason | None:
@@ -354,7 +409,8 @@ class Scheduler:
     def _output(self, req: Request, token: int | None, logprob: float | None,
                 top: list[tuple[int, float]]) -> StepOutput:
         out = StepOutput(req.rid, token, logprob, top, req.finish, len(req.prompt_ids), req.cached_tokens,
-                         len(req.output_ids))
+                         len(req.output_ids), spec_verify_steps=req.spec_verify_steps,
+                         spec_accepted_tokens=req.spec_accepted_tokens)
         if req.wants_input_logprobs and len(req.output_ids) <= 1 and len(req.input_logprobs) == \
                 len(req.prompt_ids) - req.logprob_start_len:
             out.input_logprobs, out.input_top_logprobs = req.input_logprobs, req.input_top_logprobs
@@ -381,3 +437,7 @@ class Scheduler:
             "evicted_pages": self.cache.evicted_pages,
             "steps": self.stats.steps,
         }
+
+
+def _first_rows(probs: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if probs is None else probs[:n]
