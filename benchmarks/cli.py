@@ -4,8 +4,9 @@
     banyan bench offline [--out results/offline.json]                           (Engine vs transformers)
     banyan bench programs [--out results/programs.json]                         (frontend programs, cache on/off)
     banyan bench gpu [--tiny]                                                   (decode MBU, prefill FLOP/s)
+    banyan bench footprint [tiny flash pro DIR...] [--out FILE]                 (weight and KV bytes)
 
-Each subcommand is also `python -m banyan.benchmarks.<serving|offline|programs|gpu>`.
+Each subcommand is also `python -m banyan.benchmarks.<serving|offline|programs|gpu|footprint>`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import gpu, offline, programs, serving
+from ..model.hub import resolve_model_path
+from . import footprint, gpu, offline, programs, serving
 
 SUBCOMMANDS = {
     "serve": (serving, "online benchmark against a running server"),
     "offline": (offline, "Engine (cache on/off) vs transformers generate on the same prompts"),
     "programs": (programs, "frontend programs with the radix cache on and off"),
     "gpu": (gpu, "model decode tokens/s with MBU and prefill FLOP/s (--tiny: CPU smoke test)"),
+    "footprint": (footprint, "resident weight bytes per weight format and KV bytes per cached token"),
 }
 
 
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "model_path", None) is not None:  # a directory or a cached hub id
+        args.model_path = resolve_model_path(args.model_path)
     return args.func(args)
 
 

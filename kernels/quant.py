@@ -4,9 +4,16 @@
 * FP4 e2m1 routed experts, two values per byte (low nibble = even column), with one
   E8M0 scale per 1x32 block.
 
-The `quantize_*` functions make such tensors from float weights (for tests and tiny
+`QuantizedWeight` carries one weight in any of these forms (or dense); its `tiles`
+dequantise a bounded number of rows at a time, so nothing ever holds a full dequantised
+copy. The `quantize_*` functions make such tensors from float weights (for tests and tiny
 checkpoints); every value they produce dequantises exactly.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -37,13 +44,26 @@ def _expand_blocks(scale: torch.Tensor, rows: int, cols: int, block_rows: int, b
     return scale.repeat_interleave(block_rows, 0)[:rows].repeat_interleave(block_cols, 1)[:, :cols]
 
 
+def _fp8_scale_shape(n: int, k: int) -> tuple[int, int]:
+    return -(-n // FP8_BLOCK), -(-k // FP8_BLOCK)
+
+
+def _fp8_rows(weight: torch.Tensor, scale: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows `start:stop` of an FP8 weight in fp32; `start` need not be block-aligned."""
+    offset = start % FP8_BLOCK
+    s = e8m0_to_float(scale[start // FP8_BLOCK:(stop - 1) // FP8_BLOCK + 1])
+    # s: [blocks, ceil(K/128)] -> [stop - start, K]
+    s = _expand_blocks(s, offset + stop - start, weight.shape[1], FP8_BLOCK, FP8_BLOCK)[offset:]
+    return weight[start:stop].float() * s
+
+
 def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """`[N, K]` e4m3 with `[ceil(N/128), ceil(K/128)]` scales -> fp32."""
     n, k = weight.shape
-    expected = (-(-n // FP8_BLOCK), -(-k // FP8_BLOCK))
+    expected = _fp8_scale_shape(n, k)
     if tuple(scale.shape) != expected:
         raise ValueError(f"FP8 scale has shape {tuple(scale.shape)}, expected {expected} for weight {(n, k)}")
-    return weight.float() * _expand_blocks(e8m0_to_float(scale), n, k, FP8_BLOCK, FP8_BLOCK)
+    return _fp8_rows(weight, scale, 0, n)
 
 
 def dequantize_fp4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -86,3 +106,111 @@ def quantize_fp4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     codes = (scaled.unsqueeze(-1) - FP4_VALUES.to(weight.device)).abs().argmin(dim=-1).to(torch.uint8)
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
     return packed.view(torch.int8), float_to_e8m0(scale)
+
+
+FORMATS = ("dense", "fp8", "fp4")
+TILE_ROWS = 128  # rows dequantised at a time: the scratch is at most TILE_ROWS x K
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """One weight `[..., N, K]` as the checkpoint stores it.
+
+    * `dense`: `data` is the float tensor (any shape); no scale.
+    * `fp8`: `data` e4m3 `[..., N, K]`, `scale` `[..., ceil(N/128), ceil(K/128)]` (E8M0 or float).
+    * `fp4`: `data` packed e2m1 `[..., N, K/2]` (int8 or uint8, low nibble = even column),
+      `scale` `[..., N, K/32]`.
+
+    Leading dimensions (stacked experts) are indexed with `weight[e]`.
+    """
+
+    data: torch.Tensor
+    scale: torch.Tensor | None = None
+    fmt: str = "dense"
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ValueError(f"weight format must be one of {FORMATS}, got {self.fmt!r}")
+        if self.fmt == "dense":
+            if self.scale is not None:
+                raise ValueError("a dense weight takes no scale")
+            return
+        if self.scale is None:
+            raise ValueError(f"an {self.fmt} weight needs a scale")
+        if self.data.dim() < 2:
+            raise ValueError(f"an {self.fmt} weight needs at least 2 dims, got shape {tuple(self.data.shape)}")
+        if self.fmt == "fp8" and self.data.dtype != torch.float8_e4m3fn:
+            raise ValueError(f"fp8 weight data must be float8_e4m3fn, got {self.data.dtype}")
+        if self.fmt == "fp4" and self.data.dtype not in (torch.int8, torch.uint8):
+            raise ValueError(f"fp4 weight data must be packed int8/uint8, got {self.data.dtype}")
+        *lead, n, k = self.shape
+        if self.fmt == "fp8":
+            expected = (*lead, *_fp8_scale_shape(n, k))
+        else:
+            if k % FP4_BLOCK:
+                raise ValueError(f"fp4 weight input dim {k} is not a multiple of {FP4_BLOCK}")
+            expected = (*lead, n, k // FP4_BLOCK)
+        if tuple(self.scale.shape) != expected:
+            raise ValueError(f"{self.fmt} scale has shape {tuple(self.scale.shape)}, expected {expected} "
+                             f"for weight {self.shape}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The logical (dequantised) shape."""
+        shape = tuple(self.data.shape)
+        return (*shape[:-1], 2 * shape[-1]) if self.fmt == "fp4" else shape
+
+    @property
+    def nbytes(self) -> int:
+        scale = 0 if self.scale is None else self.scale.numel() * self.scale.element_size()
+        return self.data.numel() * self.data.element_size() + scale
+
+    def __getitem__(self, index: int) -> "QuantizedWeight":
+        """One matrix of a stacked weight."""
+        return QuantizedWeight(self.data[index], None if self.scale is None else self.scale[index], self.fmt)
+
+    def select_rows(self, start: int, stop: int) -> "QuantizedWeight":
+        """Rows `start:stop` (along N) in the stored format; FP8 needs block-aligned bounds."""
+        n = self.shape[-2]
+        if self.fmt == "fp8" and (start % FP8_BLOCK or (stop % FP8_BLOCK and stop != n)):
+            raise ValueError(f"fp8 rows {start}:{stop} are not aligned to the {FP8_BLOCK}-row scale blocks")
+        data = self.data[..., start:stop, :]
+        if self.fmt == "dense":
+            return QuantizedWeight(data)
+        scale = (self.scale[..., start // FP8_BLOCK:-(-stop // FP8_BLOCK), :] if self.fmt == "fp8"
+                 else self.scale[..., start:stop, :])
+        return QuantizedWeight(data, scale, self.fmt)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows `start:stop` of a 2-D weight: fp32 for quantised formats, the data itself if dense."""
+        if self.fmt == "dense":
+            return self.data[start:stop]
+        if self.fmt == "fp8":
+            return _fp8_rows(self.data, self.scale, start, stop)
+        return dequantize_fp4(self.data[start:stop], self.scale[start:stop])
+
+    def tiles(self, dtype: torch.dtype, start: int = 0, stop: int | None = None,
+              ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """`(a, b, rows a:b in dtype)` covering rows `start:stop` of a 2-D weight, TILE_ROWS at a time."""
+        stop = self.shape[-2] if stop is None else stop
+        for a in range(start, stop, TILE_ROWS):
+            b = min(a + TILE_ROWS, stop)
+            yield a, b, self.rows(a, b).to(dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        """The whole weight in fp32 (a full copy: for tests and small tensors)."""
+        if self.data.dim() > 2:
+            return torch.stack([self[i].dequantize() for i in range(self.data.shape[0])])
+        return self.rows(0, self.shape[0]).float()
+
+
+def dequantize_into(out: torch.Tensor, weight: QuantizedWeight) -> None:
+    """`out.copy_(weight.dequantize())` through bounded scratch: TILE_ROWS rows at a time."""
+    if tuple(out.shape) != weight.shape:
+        raise ValueError(f"weight has shape {weight.shape}, expected {tuple(out.shape)}")
+    if out.dim() > 2:
+        for i in range(out.shape[0]):
+            dequantize_into(out[i], weight[i])
+        return
+    for a, b, tile in weight.tiles(out.dtype):
+        out[a:b].copy_(tile)

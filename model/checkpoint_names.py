@@ -1,9 +1,22 @@
-"""Tensor names of V4 checkpoints: official layout <-> transformers layout.
+"""Tensor names of V4 checkpoints, mapped onto one canonical table.
 
-Banyan's own parameter names are the official ones, except that routed experts are
-stacked: `layers.{i}.ffn.experts.w1` is `[E, I, D]` where the official checkpoint has
-`layers.{i}.ffn.experts.{e}.w1.weight` and transformers has a fused
-`model.layers.{i}.mlp.experts.gate_up_proj` (`[E, 2I, D]`, w1 rows first).
+Banyan's parameter names are the official ones, except that routed experts are stacked:
+`layers.{i}.ffn.experts.w1` is `[E, I, D]`. `_TOP` and `_LAYER` pair each official name
+with its transformers name; every layout a user brings spells one of the two:
+
+* official / HF hub: `layers.{i}.attn.wq_a.weight` (+ `.scale`), `embed.weight`,
+  `layers.{i}.ffn.experts.{e}.w1.weight`;
+* transformers 5.23: `model.layers.{i}.self_attn.q_a_proj.weight`, `model.embed_tokens.weight`,
+  fused `model.layers.{i}.mlp.experts.gate_up_proj` (`[E, 2I, D]`, w1 rows first);
+* transformers >= 5.24 `save_pretrained`: it undoes its load-time renames, so a model it
+  built writes official layer names under `model.` (`model.layers.{i}.attn.wq_a.weight`,
+  per-expert tensors) with top-level tensors in transformers naming (`model.embed_tokens.weight`
+  but `head.weight`); a model it loaded from transformers names writes those names back. Both
+  spell `.kv_norm.` as `.norm.` (the reverse of its `.norm.` -> `.kv_norm.` rename), so the
+  attention's `kv_norm` becomes `attn.norm` / `self_attn.norm`.
+
+Hence: an optional `model.` prefix, then an official or transformers name, either with
+`.kv_norm.` written `.norm.`.
 """
 
 from __future__ import annotations
@@ -11,7 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
+from ..kernels.quant import QuantizedWeight
+from .config import ModelConfig
 
 _TOP = {
     "embed.weight": "model.embed_tokens.weight",
@@ -48,18 +62,39 @@ _LAYER = {
     "ffn.shared_experts.w3.weight": "mlp.shared_experts.up_proj.weight",
     "ffn.shared_experts.w2.weight": "mlp.shared_experts.down_proj.weight",
 }
-_LAYER_FROM_HF = {v: k for k, v in _LAYER.items()}
-_TOP_FROM_HF = {v: k for k, v in _TOP.items()}
 
-_OFFICIAL_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
-_OFFICIAL_EXPERT = re.compile(r"^layers\.(\d+)\.ffn\.experts\.(\d+)\.(w[123])\.weight$")
-_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_HF_EXPERTS = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+# transformers >= 5.24 save_pretrained writes `.kv_norm.` as `.norm.`
+_SAVED_SPELLING = (".kv_norm.", ".norm.")
+
+
+def _spellings(*names: str) -> set[str]:
+    return {s for n in names for s in (n, n.replace(*_SAVED_SPELLING))}
+
+
+def _lookup(table: dict[str, str]) -> dict[str, str]:
+    """Every accepted spelling (without a `model.` prefix) -> official name."""
+    out: dict[str, str] = {}
+    for official, hf in table.items():
+        for spelling in _spellings(official, hf.removeprefix("model.")):
+            if out.setdefault(spelling, official) != official:
+                raise AssertionError(f"{spelling!r} would name both {out[spelling]!r} and {official!r}")
+    return out
+
+
+_TOP_NAMES = _lookup(_TOP)
+_LAYER_NAMES = _lookup(_LAYER)
+
+_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
+_EXPERT_RE = re.compile(r"^(?:ffn|mlp)\.experts\.(\d+)\.(w[123])\.weight$")
+_FUSED_EXPERTS_RE = re.compile(r"^mlp\.experts\.(gate_up_proj|down_proj)$")
+_STACKED_RE = re.compile(r"^layers\.\d+\.ffn\.experts\.w[123](?:\.weight|\.scale)?$")
 
 # Linears stored as FP8 (+ 128x128 E8M0 scale) in the official checkpoint.
 FP8_LINEARS = ("attn.wq_a.weight", "attn.wq_b.weight", "attn.wkv.weight", "attn.wo_a.weight", "attn.wo_b.weight",
                "attn.indexer.wq_b.weight", "ffn.shared_experts.w1.weight", "ffn.shared_experts.w2.weight",
                "ffn.shared_experts.w3.weight")
+# Kept in fp32 by the official checkpoint (and by Banyan at any model dtype).
+FP32_SUFFIXES = ("_fn", "_base", "_scale", "attn_sink", ".ape", "gate.bias")
 
 
 @dataclass(frozen=True)
@@ -70,48 +105,63 @@ class Target:
     index: int | None = None  # expert index for stacked expert params
     rows: slice | None = None  # rows of the checkpoint tensor (fused gate_up halves)
 
-    def take(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.rows is None else tensor[:, self.rows]
-
-
-def is_transformers_name(name: str) -> bool:
-    return name.startswith("model.") or name.startswith("lm_head.")
+    def take(self, weight: QuantizedWeight) -> QuantizedWeight:
+        return weight if self.rows is None else weight.select_rows(self.rows.start, self.rows.stop)
 
 
 def targets(name: str, moe_intermediate_size: int) -> list[Target] | None:
-    """Banyan parameters fed by checkpoint tensor `name` (either layout); None if unknown."""
-    if name in _TOP:
-        return [Target(name)]
-    if name in _TOP_FROM_HF:
-        return [Target(_TOP_FROM_HF[name])]
-    if m := _OFFICIAL_EXPERT.match(name):
-        return [Target(f"layers.{m[1]}.ffn.experts.{m[3]}", index=int(m[2]))]
-    if m := _HF_EXPERTS.match(name):
-        base = f"layers.{m[1]}.ffn.experts"
-        if m[2] == "down_proj":
+    """Banyan parameters fed by checkpoint tensor `name` (any layout); None if unknown."""
+    stem = name.removeprefix("model.")
+    if stem in _TOP_NAMES:
+        return [Target(_TOP_NAMES[stem])]
+    if (m := _LAYER_RE.match(stem)) is None:
+        return None
+    layer, rest = m[1], m[2]
+    if rest in _LAYER_NAMES:
+        return [Target(f"layers.{layer}.{_LAYER_NAMES[rest]}")]
+    if e := _EXPERT_RE.match(rest):
+        return [Target(f"layers.{layer}.ffn.experts.{e[2]}", index=int(e[1]))]
+    if f := _FUSED_EXPERTS_RE.match(rest):
+        base = f"layers.{layer}.ffn.experts"
+        if f[1] == "down_proj":
             return [Target(f"{base}.w2")]
         i = moe_intermediate_size
         return [Target(f"{base}.w1", rows=slice(0, i)), Target(f"{base}.w3", rows=slice(i, 2 * i))]
-    if (m := _OFFICIAL_LAYER.match(name)) and m[2] in _LAYER:
-        return [Target(name)]
-    if (m := _HF_LAYER.match(name)) and m[2] in _LAYER_FROM_HF:
-        return [Target(f"layers.{m[1]}.{_LAYER_FROM_HF[m[2]]}")]
     return None
 
 
 def to_transformers(name: str) -> str:
-    """Official (non-expert) name -> transformers name."""
+    """Official (non-expert) name -> transformers 5.23 name."""
     if name in _TOP:
         return _TOP[name]
-    m = _OFFICIAL_LAYER.match(name)
+    m = _LAYER_RE.match(name)
     if m is None or m[2] not in _LAYER:
         raise KeyError(f"no transformers name for {name!r}")
     return f"model.layers.{m[1]}.{_LAYER[m[2]]}"
 
 
-def is_fp8_linear(name: str) -> bool:
-    m = _OFFICIAL_LAYER.match(name)
-    return m is not None and m[2] in FP8_LINEARS
+def is_stacked_expert(param: str) -> bool:
+    """Banyan's stacked routed-expert tensors (`[E, ...]`, filled one expert at a time)."""
+    return _STACKED_RE.match(param) is not None
+
+
+def expert_format(cfg: ModelConfig) -> str:
+    """Routed experts are FP4 in V4 checkpoints (`expert_dtype: fp4`); a quantised config
+    without it (V4-Flash-Base) has FP8 experts."""
+    return "fp8" if cfg.quantization and cfg.expert_dtype != "fp4" else "fp4"
+
+
+def stored_format(name: str, cfg: ModelConfig) -> str:
+    """How the official checkpoint stores Banyan tensor `name`: 'fp8', 'fp4', or the dtype
+    of an unquantised tensor ('bf16', 'fp32', 'int64')."""
+    if name.endswith("tid2eid"):
+        return "int64"
+    if name.endswith(FP32_SUFFIXES):
+        return "fp32"
+    if is_stacked_expert(name):
+        return expert_format(cfg)
+    m = _LAYER_RE.match(name)
+    return "fp8" if m is not None and m[2] in FP8_LINEARS else "bf16"
 
 
 def scale_names(weight_name: str) -> tuple[str, ...]:

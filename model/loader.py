@@ -1,22 +1,38 @@
-"""Load V4 weights from safetensors: official layout (FP8/FP4 + E8M0 scales) or the
-transformers layout, single file or sharded, streamed shard by shard."""
+"""Load V4 weights from safetensors in any layout (official, transformers 5.23, what
+transformers >= 5.24 saves; see `checkpoint_names`), single file or sharded, streamed
+shard by shard from memory-mapped files.
+
+A model tensor is filled according to what the model holds for it: a dense parameter
+gets the dequantised values (exactly, `TILE_ROWS` rows at a time, so no dequantised copy
+of a whole tensor or shard ever exists); a stored-format `Linear` (`model.linear`) gets
+the stored bytes and scale.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from ..kernels.quant import dequantize_fp4, dequantize_fp8
-from .checkpoint_names import Target, is_ignored, scale_names, targets
+from ..kernels.quant import QuantizedWeight, dequantize_into
+from .checkpoint_names import Target, is_ignored, is_stacked_expert, scale_names, targets
 from .config import ModelConfig
+from .hub import resolve_model_path
+from .linear import to_native
 from .network import DeepseekV4
 
 INDEX_FILE = "model.safetensors.index.json"
+WEIGHT_FORMATS = ("dequant", "native")
+# safetensors dtype names of quantised weight data -> format
+_QUANTIZED_DTYPES = {"F8_E4M3": "fp8", "I8": "fp4", "U8": "fp4"}
+_SCALE_DTYPES = {"F8_E8M0": torch.float8_e8m0fnu, "U8": torch.float8_e8m0fnu, "F32": torch.float32}
+# what a stored-format `Linear` holds per format
+_NATIVE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp4": torch.int8}
 
 
 class CheckpointError(ValueError):
@@ -39,104 +55,204 @@ def checkpoint_shards(path: Path) -> dict[str, Path]:
     return out
 
 
-def _dequantize(name: str, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    try:
-        if weight.dtype == torch.int8 or weight.dtype == torch.uint8:
-            return dequantize_fp4(weight, scale)
-        return dequantize_fp8(weight, scale)
-    except ValueError as exc:
-        raise CheckpointError(f"tensor {name!r}: {exc}") from None
-
-
 class _Reader:
-    """Opens shards lazily; a tensor's scale may live in another shard."""
+    """Opens shards lazily (memory-mapped); a tensor's scale may live in another shard."""
 
     def __init__(self, shards: dict[str, Path]) -> None:
         self.shards = shards
-        self._handles: dict[Path, object] = {}
+        self._handles: dict[Path, Any] = {}
 
-    def get(self, name: str) -> torch.Tensor:
+    def _handle(self, name: str) -> Any:
         f = self.shards[name]
         if f not in self._handles:
             self._handles[f] = safe_open(f, framework="pt")
-        return self._handles[f].get_tensor(name)
+        return self._handles[f]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype name (`F8_E4M3`, `BF16`, ...), read from the header."""
+        return self._handle(name).get_slice(name).get_dtype()
 
     def scale_of(self, name: str) -> str | None:
         return next((s for s in scale_names(name) if s in self.shards), None)
+
+    def stored(self, name: str) -> QuantizedWeight:
+        """Tensor `name` as stored, with its scale if it has one."""
+        tensor, scale = self.get(name), self.scale_of(name)
+        if scale is None:
+            return QuantizedWeight(tensor)
+        fmt = _QUANTIZED_DTYPES.get(self.dtype(name))
+        if fmt is None:
+            raise CheckpointError(f"tensor {name!r} has a scale but dtype {self.dtype(name)}, "
+                                  f"not FP8 (F8_E4M3) or packed FP4 (I8)")
+        try:
+            return QuantizedWeight(tensor, self.get(scale), fmt)
+        except ValueError as exc:
+            raise CheckpointError(f"tensor {name!r}: {exc}") from None
 
     def close(self) -> None:
         self._handles.clear()
 
 
-def load_weights(model: DeepseekV4, path: str | Path, progress: bool = True) -> None:
-    """Fill `model` from the checkpoint at `path`, dequantising exactly. Raises
-    `CheckpointError` naming any missing, unexpected or mis-shaped tensor."""
-    path = Path(path)
-    cfg = model.cfg
-    params = dict(model.named_parameters())
-    params.update(dict(model.named_buffers()))
-    shards = checkpoint_shards(path)
-    reader = _Reader(shards)
-    scale_tensors = {s for name in shards if (s := reader.scale_of(name)) is not None}
+class _Slots:
+    """The model's tensors by name, and which parts of them the checkpoint filled."""
+
+    def __init__(self, model: torch.nn.Module, expert_count: int) -> None:
+        self.tensors = dict(model.named_parameters())
+        self.tensors.update(dict(model.named_buffers()))
+        self.expert_count = expert_count
+        self.filled: dict[str, dict[int | None, str]] = defaultdict(dict)
+
+    def resolve(self, param: str, source: str) -> str:
+        """A target's tensor name: `param` itself, or `param.weight` of a `Linear` in its place."""
+        for name in (param, f"{param}.weight"):
+            if name in self.tensors:
+                return name
+        raise CheckpointError(f"unexpected tensor {source!r}: the model has no parameter {param!r}")
+
+    def fill(self, dest: Target, stored: QuantizedWeight, source: str) -> None:
+        name = self.resolve(dest.param, source)
+        scale_name = name.removesuffix(".weight") + ".scale" if name.endswith(".weight") else None
+        native_scale = self.tensors.get(scale_name) if scale_name else None
+        index = dest.index
+        if index is not None and not 0 <= index < self.expert_count:
+            raise CheckpointError(f"unexpected tensor {source!r}: expert index {index} >= {self.expert_count}")
+        self._mark(name, index, source)
+        try:
+            part = dest.take(stored)
+        except ValueError as exc:
+            raise CheckpointError(f"tensor {source!r}: {exc}") from None
+        if native_scale is None:
+            self._fill_dense(self._at(name, index), part, source)
+        else:
+            self._fill_native(self._at(name, index), self._at(scale_name, index), part, source)
+            self._mark(scale_name, index, source)
+
+    def _at(self, name: str, index: int | None) -> torch.Tensor:
+        tensor = self.tensors[name]
+        return tensor if index is None else tensor[index]
+
+    def _mark(self, name: str, index: int | None, source: str) -> None:
+        previous = self.filled[name].setdefault(index, source)
+        if previous != source:
+            where = name if index is None else f"{name}[{index}]"
+            raise CheckpointError(f"tensors {previous!r} and {source!r} both fill {where}")
+
+    @staticmethod
+    def _check_shape(got: tuple[int, ...], want: tuple[int, ...], source: str) -> None:
+        if tuple(got) != tuple(want):
+            raise CheckpointError(f"tensor {source!r} has shape {tuple(got)}, expected {tuple(want)}")
+
+    def _fill_dense(self, dst: torch.Tensor, part: QuantizedWeight, source: str) -> None:
+        self._check_shape(part.shape, dst.shape, source)
+        with torch.no_grad():
+            if part.fmt == "dense":
+                dst.copy_(part.data)
+            else:
+                dequantize_into(dst, part)
+
+    def _fill_native(self, dst: torch.Tensor, dst_scale: torch.Tensor, part: QuantizedWeight, source: str) -> None:
+        if part.fmt == "dense" or _NATIVE_DTYPES[part.fmt] != dst.dtype:
+            raise CheckpointError(f"tensor {source!r} is stored as {part.fmt} ({part.data.dtype}) but the model "
+                                  f"holds it as {dst.dtype}")
+        scale = part.scale.view(torch.float8_e8m0fnu) if part.scale.dtype == torch.uint8 else part.scale
+        if scale.dtype != dst_scale.dtype:
+            raise CheckpointError(f"the scale of tensor {source!r} is {scale.dtype} but the model holds "
+                                  f"{dst_scale.dtype}")
+        self._check_shape(part.data.shape, dst.shape, source)
+        self._check_shape(scale.shape, dst_scale.shape, f"{source} (scale)")
+        with torch.no_grad():
+            dst.copy_(part.data.view(dst.dtype))
+            dst_scale.copy_(scale)
+
+    def missing(self) -> list[str]:
+        out = []
+        for name in self.tensors:
+            have = self.filled.get(name, {})
+            if is_stacked_expert(name) and None not in have:
+                lacking = sorted(set(range(self.expert_count)) - set(have))
+                if lacking:
+                    out.append(f"{name} (experts {lacking[:8]}{'...' if len(lacking) > 8 else ''})")
+            elif not have:
+                out.append(name)
+        return out
+
+
+def _loadable(shards: dict[str, Path], reader: _Reader) -> dict[Path, list[str]]:
+    """Per shard, the tensors to load (not scales, not MTP)."""
+    scales = {s for name in shards if (s := reader.scale_of(name)) is not None}
     by_shard: dict[Path, list[str]] = defaultdict(list)
     for name, f in shards.items():
-        if name not in scale_tensors and not is_ignored(name):
+        if name not in scales and not is_ignored(name):
             by_shard[f].append(name)
+    return by_shard
 
-    expert_count = cfg.n_routed_experts
-    filled: dict[str, set] = defaultdict(set)
+
+def load_weights(model: DeepseekV4, path: str | Path, progress: bool = True) -> None:
+    """Fill `model` from the checkpoint at `path`. Raises `CheckpointError` naming any
+    missing, unexpected, doubly supplied or mis-shaped tensor."""
+    path = Path(path)
+    cfg = model.cfg
+    shards = checkpoint_shards(path)
+    reader = _Reader(shards)
+    slots = _Slots(model, cfg.n_routed_experts)
+    by_shard = _loadable(shards, reader)
     for f in tqdm(sorted(by_shard), desc="Loading shards", unit="shard", disable=not progress):
         for name in by_shard[f]:
             dests = targets(name, cfg.moe_intermediate_size)
             if dests is None:
                 raise CheckpointError(f"unexpected tensor {name!r} in {f.name}")
-            tensor = reader.get(name)
-            scale = reader.scale_of(name)
-            if scale is not None:
-                tensor = _dequantize(name, tensor, reader.get(scale))
+            stored = reader.stored(name)
             for dest in dests:
-                _assign(params, dest, dest.take(tensor), name, expert_count)
-                filled[dest.param].add(dest.index)
+                slots.fill(dest, stored, name)
     reader.close()
-
-    missing = []
-    for pname, param in params.items():
-        stacked = pname.endswith(("experts.w1", "experts.w2", "experts.w3"))
-        have = filled.get(pname, set())
-        if stacked and None not in have:
-            lacking = sorted(set(range(expert_count)) - have)
-            if lacking:
-                missing.append(f"{pname} (experts {lacking[:8]}{'...' if len(lacking) > 8 else ''})")
-        elif not have:
-            missing.append(pname)
+    missing = slots.missing()
     if missing:
         raise CheckpointError(f"checkpoint at {path} lacks tensors: {', '.join(missing[:20])}"
                               + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""))
 
 
-def _assign(params: dict[str, torch.Tensor], dest: Target, tensor: torch.Tensor, source: str,
-            expert_count: int) -> None:
-    param = params.get(dest.param)
-    if param is None:
-        raise CheckpointError(f"unexpected tensor {source!r}: the model has no parameter {dest.param!r}")
-    if dest.index is not None:
-        if not 0 <= dest.index < expert_count:
-            raise CheckpointError(f"unexpected tensor {source!r}: expert index {dest.index} >= {expert_count}")
-        param = param[dest.index]
-    if tuple(tensor.shape) != tuple(param.shape):
-        raise CheckpointError(f"tensor {source!r} has shape {tuple(tensor.shape)}, "
-                              f"expected {tuple(param.shape)}")
-    with torch.no_grad():
-        param.copy_(tensor.to(param.dtype))
+def stored_formats(path: str | Path, cfg: ModelConfig) -> dict[str, tuple[str, torch.dtype]]:
+    """Module path -> (format, scale dtype) of every quantised tensor of the checkpoint, from its headers."""
+    shards = checkpoint_shards(Path(path))
+    reader = _Reader(shards)
+    out = {}
+    for names in _loadable(shards, reader).values():
+        for name in names:
+            scale = reader.scale_of(name)
+            fmt = _QUANTIZED_DTYPES.get(reader.dtype(name)) if scale else None
+            if fmt is None:
+                continue
+            scale_dtype = _SCALE_DTYPES.get(reader.dtype(scale))
+            if scale_dtype is None:
+                raise CheckpointError(f"scale {scale!r} has dtype {reader.dtype(scale)}, not E8M0 or F32")
+            for dest in targets(name, cfg.moe_intermediate_size) or ():
+                out[dest.param.removesuffix(".weight")] = (fmt, scale_dtype)
+    reader.close()
+    return out
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               progress: bool = True) -> DeepseekV4:
-    """Read `config.json` and the weights at `path` into a ready-to-run model."""
-    path = Path(path)
+               progress: bool = True, weight_format: str = "dequant") -> DeepseekV4:
+    """Read `config.json` and the weights at `path` (a directory or a cached hub id) into a model.
+
+    `weight_format="dequant"` holds every weight dense in `dtype`. `"native"` keeps quantised
+    linears as the checkpoint stores them (`model.linear.Linear` with `weight` + `scale`),
+    everything else dense; running it needs blocks that call those modules (issue 12, part 2).
+    """
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
+    path = Path(resolve_model_path(str(path)))
     cfg = ModelConfig.from_json(path)
+    formats = stored_formats(path, cfg) if weight_format == "native" else {}
     with torch.device("meta"):
         model = DeepseekV4(cfg, dtype=dtype)
+    try:
+        to_native(model, formats)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint at {path}: {exc}") from None
     model = model.to_empty(device=device)
     load_weights(model, path, progress=progress)
     return model.eval()

@@ -18,11 +18,12 @@ import torch
 from safetensors.torch import save_file
 
 from ..kernels.quant import dequantize_fp4, dequantize_fp8, quantize_fp4, quantize_fp8
-from .checkpoint_names import is_fp8_linear, to_transformers
+from .checkpoint_names import FP32_SUFFIXES, stored_format, to_transformers
 from .config import ModelConfig
 from .network import DeepseekV4
 
-_FP32_SUFFIXES = ("_fn", "_base", "_scale", "attn_sink", ".ape", "gate.bias")
+OFFICIAL_QUANTIZATION = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                         "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
 
 
 def _random_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
@@ -33,9 +34,9 @@ def _random_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
         return torch.randn(shape, generator=gen) * std + mean
 
     with torch.device("meta"):
-        shapes = {k: (v.shape, v.dtype) for k, v in DeepseekV4(cfg).state_dict().items()}
+        shapes = {k: v.shape for k, v in DeepseekV4(cfg).state_dict().items()}
     state = {}
-    for name, (shape, dtype) in shapes.items():
+    for name, shape in shapes.items():
         if name.endswith("tid2eid"):
             state[name] = torch.argsort(torch.rand(cfg.vocab_size, cfg.n_routed_experts, generator=gen),
                                         dim=-1)[:, : cfg.num_experts_per_tok].contiguous()
@@ -54,30 +55,37 @@ def _random_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def _round_to_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def official_config(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` as the official layout's config.json states it: FP8 linears, FP4 experts."""
+    return cfg.replace(expert_dtype="fp4", quantization=dict(OFFICIAL_QUANTIZATION))
+
+
+def _round_to_checkpoint(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Snap every value to what the official checkpoint format represents exactly."""
     out = {}
     for name, t in state.items():
-        if t.dtype == torch.long or name.endswith(_FP32_SUFFIXES):
+        stored = stored_format(name, cfg)
+        if stored in ("int64", "fp32"):
             out[name] = t
-        elif is_fp8_linear(name):
+        elif stored == "fp8":
             out[name] = dequantize_fp8(*quantize_fp8(t))
-        elif ".ffn.experts." in name:
+        elif stored == "fp4":
             out[name] = torch.stack([dequantize_fp4(*quantize_fp4(w)) for w in t])
         else:
             out[name] = t.to(torch.bfloat16).float()
     return out
 
 
-def official_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def official_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in state.items():
         stem = name[: -len(".weight")] if name.endswith(".weight") else name
-        if t.dtype == torch.long or name.endswith(_FP32_SUFFIXES):
+        stored = stored_format(name, cfg)
+        if stored in ("int64", "fp32"):
             out[name] = t
-        elif is_fp8_linear(name):
+        elif stored == "fp8":
             out[name], out[f"{stem}.scale"] = quantize_fp8(t)
-        elif ".ffn.experts." in name:
+        elif stored == "fp4":
             base, which = name.rsplit(".", 1)
             for e, w in enumerate(t):
                 q, s = quantize_fp4(w)
@@ -95,7 +103,7 @@ def transformers_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             if name.endswith("w2"):
                 out[f"model.layers.{layer}.mlp.experts.down_proj"] = t.to(torch.bfloat16)
             continue
-        keep = t.dtype == torch.long or name.endswith(_FP32_SUFFIXES)
+        keep = t.dtype == torch.long or name.endswith(FP32_SUFFIXES)
         out[to_transformers(name)] = t if keep else t.to(torch.bfloat16)
     for layer in {n.split(".")[1] for n in state if ".ffn.experts.w1" in n}:
         w1, w3 = state[f"layers.{layer}.ffn.experts.w1"], state[f"layers.{layer}.ffn.experts.w3"]
@@ -105,7 +113,7 @@ def transformers_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def tiny_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     """The float32 values (official names, experts stacked) of the tiny model for `seed`."""
-    return _round_to_checkpoint(_random_state(cfg, seed))
+    return _round_to_checkpoint(_random_state(cfg, seed), official_config(cfg))
 
 
 def make_tiny(out: str | Path, layout: str = "official", seed: int = 0,
@@ -117,10 +125,8 @@ def make_tiny(out: str | Path, layout: str = "official", seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     state = tiny_state(cfg, seed)
     if layout == "official":
-        tensors = official_tensors(state)
-        cfg = cfg.replace(expert_dtype="fp4", quantization={
-            "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-            "scale_fmt": "ue8m0", "weight_block_size": [128, 128]})
+        cfg = official_config(cfg)
+        tensors = official_tensors(state, cfg)
     else:
         tensors = transformers_tensors(state)
         cfg = cfg.replace(expert_dtype=None, quantization=None)

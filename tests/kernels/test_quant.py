@@ -1,6 +1,13 @@
-import torch
+"""Exact (de)quantisation of the checkpoint formats, and the linear ops over stored weights."""
 
-from banyan.kernels.quant import dequantize_fp4, dequantize_fp8, e8m0_to_float, quantize_fp4, quantize_fp8
+import pytest
+import torch
+import torch.nn.functional as F
+
+from banyan.kernels import quant
+from banyan.kernels.linear import expert_linear, grouped_linear, linear
+from banyan.kernels.quant import (TILE_ROWS, QuantizedWeight, dequantize_fp4, dequantize_fp8, dequantize_into,
+                                  e8m0_to_float, quantize_fp4, quantize_fp8)
 
 
 def test_fp4_nibble_order_low_nibble_is_even_column():
@@ -32,3 +39,126 @@ def test_quantisers_round_trip_within_format_precision():
     blocks = w.view(200, 5, 32).abs().amax(-1, keepdim=True).expand(-1, -1, 32).reshape(200, 160)
     assert ((back4 - w).abs() <= blocks / 3 + 1e-6).all()
     assert torch.equal(dequantize_fp4(*quantize_fp4(back4)), back4)  # representable values are fixed points
+
+
+# ---- QuantizedWeight and the linear ops ----------------------------------------------------
+
+
+def _weight(fmt: str, *shape: int, seed: int = 0) -> QuantizedWeight:
+    """A random weight `[..., N, K]` in `fmt` (stacked when more than 2 dims)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(*shape, generator=gen) * shape[-1] ** -0.5
+    if fmt == "dense":
+        return QuantizedWeight(w)
+    make = quantize_fp8 if fmt == "fp8" else quantize_fp4
+    mats = [make(m) for m in w.reshape(-1, *shape[-2:])]
+    data = torch.stack([d for d, _ in mats]).reshape(*shape[:-2], *mats[0][0].shape)
+    scale = torch.stack([s for _, s in mats]).reshape(*shape[:-2], *mats[0][1].shape)
+    return QuantizedWeight(data, scale, fmt)
+
+
+def _x(*shape: int, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def test_weight_checks_name_the_problem():
+    q, s = quantize_fp8(torch.randn(200, 160))
+    with pytest.raises(ValueError, match=r"fp8 scale has shape \(1, 2\), expected \(2, 2\)"):
+        QuantizedWeight(q, s[:1], "fp8")
+    with pytest.raises(ValueError, match="needs a scale"):
+        QuantizedWeight(q, None, "fp8")
+    with pytest.raises(ValueError, match="must be float8_e4m3fn"):
+        QuantizedWeight(q.float(), s, "fp8")
+    with pytest.raises(ValueError, match="weight format must be one of"):
+        QuantizedWeight(q, s, "int4")
+    q4, s4 = quantize_fp4(torch.randn(8, 64))
+    with pytest.raises(ValueError, match=r"fp4 scale has shape \(8, 1\), expected \(8, 2\)"):
+        QuantizedWeight(q4, s4[:, :1], "fp4")
+    assert QuantizedWeight(q4, s4, "fp4").shape == (8, 64)
+    assert QuantizedWeight(q4, s4, "fp4").nbytes == 8 * 32 + 8 * 2
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp4"])
+def test_any_row_window_dequantises_to_the_same_values(fmt):
+    w = _weight(fmt, 300, 256)
+    full = w.dequantize()
+    for start, stop in [(0, 300), (32, 64), (100, 260), (255, 257), (299, 300)]:
+        assert torch.equal(w.rows(start, stop), full[start:stop]), (start, stop)
+    out = torch.empty(300, 256, dtype=torch.bfloat16)
+    dequantize_into(out, w)
+    assert torch.equal(out, full.to(torch.bfloat16))  # power-of-two scales: the bf16 cast is exact
+    assert torch.equal(out.float(), full)
+    aligned = w.select_rows(128, 300)
+    assert aligned.fmt == fmt and torch.equal(aligned.dequantize(), full[128:])
+    if fmt == "fp8":
+        with pytest.raises(ValueError, match="not aligned"):
+            w.select_rows(64, 128)
+
+
+# Shapes of the tiny model's linears (K <= 256: the BLAS sums each output in one pass, the
+# same for a 128-row tile as for the whole matrix, so tile-by-tile must be bit-exact).
+TINY_SHAPES = [(1, 64, 64), (7, 512, 64), (300, 1024, 64), (33, 64, 256), (129, 200, 160)]
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp4", "dense"])
+@pytest.mark.parametrize("m,n,k", TINY_SHAPES)
+def test_linear_is_bit_exact_against_the_dequantised_weight(fmt, m, n, k):
+    w, x = _weight(fmt, n, k), _x(m, k)
+    assert torch.equal(linear(x, w), F.linear(x, w.dequantize()))
+    xb = x.to(torch.bfloat16)
+    assert torch.equal(linear(xb, w), F.linear(xb, w.dequantize().to(torch.bfloat16)))
+
+
+def test_linear_at_flash_width_matches_within_fp32_reassociation():
+    # K = 4096: BLAS may block the K sum differently for a 128-row tile than for the whole
+    # matrix, so agreement is to fp32 summation-order error, not bits.
+    w, x = _weight("fp8", 384, 4096), _x(16, 4096)
+    ref = F.linear(x, w.dequantize())
+    assert ((linear(x, w) - ref).abs() <= 1e-5 * ref.abs().max()).all()
+
+
+def test_dequantised_scratch_is_bounded_to_one_tile(monkeypatch):
+    seen = []
+    rows = QuantizedWeight.rows
+
+    def spy(self, start, stop):
+        seen.append(stop - start)
+        return rows(self, start, stop)
+
+    monkeypatch.setattr(quant.QuantizedWeight, "rows", spy)
+    w, x = _weight("fp4", 1000, 64), _x(3, 64)
+    linear(x, w)
+    assert sum(seen) == 1000 and max(seen) == TILE_ROWS
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp4", "dense"])
+def test_grouped_linear_is_wo_a_einsum(fmt):
+    # tiny wo_a: 2 groups of 32 rows (inside one FP8 row block); and 4 groups of 128 rows
+    for t, g, r, d in [(5, 2, 32, 256), (40, 4, 128, 64)]:
+        w, x = _weight(fmt, g * r, d), _x(t, g, d)
+        ref = torch.einsum("ngd,grd->ngr", x, w.dequantize().view(g, r, d))
+        assert torch.equal(grouped_linear(x, w), ref)
+    with pytest.raises(ValueError, match="do not split into 3 groups"):
+        grouped_linear(_x(2, 3, 256), _weight(fmt, 64, 256))
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp4", "dense"])
+def test_expert_linear_applies_each_expert_to_its_rows(fmt):
+    w = _weight(fmt, 4, 96, 64)  # [E, N, K]
+    counts = [3, 0, 5, 1]
+    x = _x(9, 64)
+    out = expert_linear(x, w, torch.tensor(counts))
+    dense = w.dequantize()
+    offsets = [0, 3, 3, 8, 9]
+    for e in range(4):
+        a, b = offsets[e], offsets[e + 1]
+        assert torch.equal(out[a:b], F.linear(x[a:b], dense[e])), e
+    with pytest.raises(ValueError, match="sum to 8 but x has 9 rows"):
+        expert_linear(x, w, [3, 0, 4, 1])
+    with pytest.raises(ValueError, match="one count per expert"):
+        expert_linear(x, w, [9])
+
+
+def test_linear_rejects_a_wrong_input_width():
+    with pytest.raises(ValueError, match="input has 32 features but the weight"):
+        linear(_x(2, 32), _weight("fp8", 64, 64))

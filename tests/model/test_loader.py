@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from banyan.model.generate import SimpleSession
+from banyan.model.generate import SimpleSession, greedy_generate
+from banyan.model.linear import Linear
 from banyan.model.loader import CheckpointError, load_model
 from banyan.tests.conftest import random_prompt
 
@@ -35,6 +37,10 @@ def spec_fp4(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     lo, hi = (u & 0xF).long(), (u >> 4).long()
     w = torch.stack([SPEC_FP4[lo], SPEC_FP4[hi]], -1).reshape(n, k)
     return w * spec_e8m0(s).repeat_interleave(32, dim=1)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def read_all(path) -> dict[str, torch.Tensor]:
@@ -158,3 +164,113 @@ def test_missing_checkpoint_files_are_reported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_v4"}))
     with pytest.raises(ValueError, match="num_hidden_layers"):
         load_model(tmp_path, progress=False)
+
+
+# ---- what transformers >= 5.24 writes ---------------------------------------------------------
+
+def save_with_transformers(oracle, out, built: bool):
+    """`save_pretrained` with the installed transformers: of the oracle itself (which it loaded
+    from transformers 5.23 names), or (`built`) of a model it constructed from the config."""
+    from transformers import DeepseekV4ForCausalLM
+
+    model = oracle
+    if built:
+        model = DeepseekV4ForCausalLM._from_config(oracle.config, dtype=torch.float32)
+        model.load_state_dict(oracle.state_dict())
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def saved_by_transformers(oracle, tmp_path_factory):
+    return {kind: save_with_transformers(oracle, tmp_path_factory.mktemp(f"saved-{kind}"), kind == "built")
+            for kind in ("built", "resaved")}
+
+
+def test_transformers_save_pretrained_layouts_are_what_we_map(saved_by_transformers):
+    built, resaved = (set(read_all(saved_by_transformers[k])) for k in ("built", "resaved"))
+    # a model transformers built: official layer names under `model.`, kv_norm as `attn.norm`
+    assert {"model.layers.0.attn.norm.weight", "model.layers.0.attn.wq_a.weight", "model.layers.0.attn.attn_sink",
+            "model.layers.2.attn.indexer.compressor.norm.weight", "model.layers.0.ffn.experts.7.w3.weight",
+            "model.layers.0.hc_attn_fn", "head.weight", "model.embed_tokens.weight", "model.hc_head.hc_fn",
+            "model.norm.weight"} <= built
+    assert not any(".kv_norm." in n or "self_attn" in n for n in built)
+    # re-saving what it loaded from 5.23 names: those names, with `.kv_norm.` written `.norm.`
+    assert {"model.layers.0.self_attn.norm.weight", "model.layers.2.self_attn.compressor.norm.weight",
+            "model.layers.2.self_attn.compressor.indexer.norm.weight", "model.layers.0.mlp.experts.gate_up_proj",
+            "lm_head.weight"} <= resaved
+    assert not any(".kv_norm." in n for n in resaved)
+
+
+@pytest.mark.parametrize("kind", ["built", "resaved"])
+def test_transformers_saved_checkpoints_load_exactly(saved_by_transformers, tiny_model, kind):
+    loaded = load_model(saved_by_transformers[kind], progress=False)
+    ref = tiny_model.state_dict()
+    assert loaded.state_dict().keys() == ref.keys()
+    assert all(torch.equal(v, ref[k]) for k, v in loaded.state_dict().items())
+
+
+def test_transformers_saved_checkpoint_generates_like_the_oracle(saved_by_transformers, oracle):
+    ids = random_prompt(150, seed=8)
+    with torch.no_grad():
+        theirs = oracle.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                 eos_token_id=None, pad_token_id=1)[0, len(ids):].tolist()
+    model = load_model(saved_by_transformers["built"], progress=False)
+    assert greedy_generate(model, ids, 8) == theirs
+
+
+def test_a_tensor_supplied_twice_is_named(tiny_official, tmp_path):
+    # the same parameter under two spellings (official and transformers) must not silently win
+    _rewrite(tiny_official, tmp_path, lambda raw: raw.__setitem__("model.norm.weight", raw["norm.weight"].clone()))
+    with pytest.raises(CheckpointError, match=r"tensors '(model\.)?norm\.weight' and '(model\.)?norm\.weight' "
+                                              r"both fill norm\.weight"):
+        load_model(tmp_path, progress=False)
+
+
+# ---- native weights ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def native_model(tiny_official):
+    return load_model(tiny_official, progress=False, weight_format="native")
+
+
+def test_native_load_keeps_the_stored_bytes(tiny_official, native_model, tiny_model):
+    raw = read_all(tiny_official)
+    state = native_model.state_dict()
+    wq_a = native_model.layers[0].attn.wq_a
+    assert isinstance(wq_a, Linear) and wq_a.quant == "fp8"
+    assert isinstance(native_model.layers[0].ffn.experts.w1, Linear)
+    stored = {name: t for name, t in raw.items() if t.dtype in (torch.float8_e4m3fn, torch.int8, torch.float8_e8m0fnu)}
+    for name, tensor in stored.items():
+        m = re.match(r"^layers\.(\d+)\.ffn\.experts\.(\d+)\.(w[123])\.(weight|scale)$", name)
+        got = state[f"layers.{m[1]}.ffn.experts.{m[3]}.{m[4]}"][int(m[2])] if m else state[name]
+        assert got.dtype == tensor.dtype and torch.equal(got.view(torch.uint8), tensor.view(torch.uint8)), name
+    # resident = the dense model with each quantised weight's fp32 copy traded for its stored bytes
+    dense = tiny_model.state_dict()
+    modules = {name.removesuffix(".scale") for name in state if name.endswith(".scale")}
+    traded = sum(dense[n].numel() * 4 for m in modules for n in (m, f"{m}.weight") if n in dense)
+    assert _nbytes(state.values()) == _nbytes(dense.values()) - traded + _nbytes(stored.values())
+
+
+def test_native_linears_compute_what_the_dequantised_model_does(native_model, tiny_model):
+    gen = torch.Generator().manual_seed(5)
+    for path in ("layers.0.attn.wq_a", "layers.2.attn.indexer.wq_b", "layers.3.ffn.shared_experts.w2"):
+        native, dense = native_model.get_submodule(path), tiny_model.get_submodule(path)
+        x = torch.randn(37, dense.in_features, generator=gen)
+        assert torch.equal(native(x), dense(x)), path
+    wo_a, dense_wo_a = native_model.layers[4].attn.wo_a, tiny_model.layers[4].attn.wo_a.weight
+    x = torch.randn(9, 2, dense_wo_a.shape[1], generator=gen)
+    assert torch.equal(wo_a.grouped(x), torch.einsum("ngd,grd->ngr", x, dense_wo_a.view(2, -1, x.shape[-1])))
+    experts, dense_w2 = native_model.layers[5].ffn.experts.w2, tiny_model.layers[5].ffn.experts.w2
+    x = torch.randn(6, dense_w2.shape[-1], generator=gen)
+    counts = [2, 0, 0, 3, 0, 0, 1, 0]
+    ref = torch.cat([x[:2] @ dense_w2[0].T, x[2:5] @ dense_w2[3].T, x[5:] @ dense_w2[6].T])
+    assert torch.allclose(experts.experts(x, counts), ref, rtol=0, atol=1e-6)
+
+
+def test_native_load_of_a_dense_checkpoint_keeps_it_dense(tiny_transformers, tiny_model):
+    model = load_model(tiny_transformers, progress=False, weight_format="native")
+    assert not any(isinstance(m, Linear) for m in model.modules())
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="weight_format must be one of"):
+        load_model(tiny_transformers, progress=False, weight_format="fp8")

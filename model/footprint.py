@@ -1,0 +1,91 @@
+"""How much memory a V4 model needs: weight bytes per weight format, KV bytes per cached token.
+
+Everything is read off the real classes built on the meta device (nothing is allocated):
+the network `DeepseekV4` (dense, or with `to_native`'s stored-format linears) for the
+weights, `V4KVCache`'s own accounting for the KV state.
+
+Weight formats:
+
+* `checkpoint`: the official checkpoint's tensors as stored (FP8 linears + E8M0 scales,
+  FP4 routed experts, bf16/fp32/int64 for the rest); configs without a quantization
+  config (the tiny preset) are counted as the official layout would store them;
+* `native_bf16`: resident with `load_model(..., dtype=bfloat16, weight_format="native")`;
+* `dequant_bf16`, `dequant_fp32`: resident with every weight dense (`weight_format="dequant"`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checkpoint_names import expert_format, is_stacked_expert, stored_format
+from .config import ModelConfig
+from .kv_cache import CacheShape, V4KVCache
+from .linear import QUANTIZED, to_native
+from .network import DeepseekV4
+
+_STORED_BYTES = {"bf16": 2, "fp32": 4, "int64": 8}
+GIB = 1 << 30
+
+
+def native_formats(cfg: ModelConfig) -> dict[str, tuple[str, torch.dtype]]:
+    """Module path -> (format, scale dtype) of what the official checkpoint quantises."""
+    with torch.device("meta"):
+        names = DeepseekV4(cfg).state_dict().keys()
+    out = {}
+    for name in names:
+        fmt = stored_format(name, cfg)
+        if fmt in QUANTIZED:
+            out[name.removesuffix(".weight")] = (fmt, torch.float8_e8m0fnu)
+    return out
+
+
+def _meta_state(cfg: ModelConfig, dtype: torch.dtype,
+                formats: dict[str, tuple[str, torch.dtype]] | None = None) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        model = DeepseekV4(cfg, dtype=dtype)
+    to_native(model, formats or {})
+    return model.state_dict()
+
+
+def _module_of(name: str) -> str:
+    return name.rsplit(".", 1)[0] if name.endswith((".weight", ".scale")) else name
+
+
+def weight_bytes(cfg: ModelConfig) -> dict[str, dict[str, int]]:
+    """Per weight format: `total` bytes and the `routed_experts` part."""
+    formats = native_formats(cfg)
+    out = {}
+    native = _meta_state(cfg, torch.bfloat16, formats)
+    checkpoint = {name: t.numel() * (t.element_size() if _module_of(name) in formats
+                                     else _STORED_BYTES[stored_format(name, cfg)])
+                  for name, t in native.items()}
+    out["checkpoint"] = checkpoint
+    out["native_bf16"] = {name: t.numel() * t.element_size() for name, t in native.items()}
+    for label, dtype in (("dequant_bf16", torch.bfloat16), ("dequant_fp32", torch.float32)):
+        state = _meta_state(cfg, dtype)
+        out[label] = {name: t.numel() * t.element_size() for name, t in state.items()}
+    return {label: {"total": sum(sizes.values()),
+                    "routed_experts": sum(n for name, n in sizes.items() if is_stacked_expert(name))}
+            for label, sizes in out.items()}
+
+
+def kv_bytes(cfg: ModelConfig, dtype: torch.dtype, page_size: int | None = None) -> dict[str, float]:
+    """KV state per cached token and per running request, from `V4KVCache`'s accounting.
+
+    `compressed_per_token`: CSA/HCA entries, CSA indexer keys and overlap snapshots (kept for
+    every cached token); `swa_per_token`: sliding-window KV (only a request's last window of
+    it stays resident); `ring_per_request`: the compressor rings of one running request."""
+    page = page_size or cfg.min_page_size
+    cache = V4KVCache(cfg, CacheShape(page, 1, 1, 1), dtype=dtype, device="meta")
+    compressed = cache.bytes_per_page() / page
+    return {"page_size": page, "compressed_per_token": compressed,
+            "swa_per_token": cache.bytes_per_swa_page() / page,
+            "ring_per_request": cache.bytes_per_request_slot(),
+            "compressed_gib_per_million_tokens": compressed * 1e6 / GIB}
+
+
+def footprint(cfg: ModelConfig) -> dict:
+    """The whole report for one config."""
+    params = sum(t.numel() for t in _meta_state(cfg, torch.float32).values())
+    return {"params": params, "expert_format": expert_format(cfg), "weights": weight_bytes(cfg),
+            "kv": {"bf16": kv_bytes(cfg, torch.bfloat16), "fp32": kv_bytes(cfg, torch.float32)}}
