@@ -5,30 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..model.hub import ModelNotFoundError
+
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_path", nargs="?", default=None,
-                   help="V4 checkpoint directory (default: the embedded tiny model)")
+                   help="V4 checkpoint directory or a Hugging Face Hub id in the local cache, e.g. "
+                        "deepseek-ai/DeepSeek-V4-Flash (default: the embedded tiny model)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="cpu")
-
-
-def _resolve_model_path(path: str | None) -> str:
-    from ..model.default import default_model_dir
-
-    return path or str(default_model_dir())
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from ..model.generate import greedy_generate
+    from ..model.hub import resolve_model_path
     from ..model.loader import load_model
     from .tokenizer import load_tokenizer
 
-    path = _resolve_model_path(args.model_path)
+    path = resolve_model_path(args.model_path)
     model = load_model(path, dtype=getattr(torch, DTYPES[args.dtype]), device=args.device)
     tok = load_tokenizer(path)
     ids = [tok.bos_token_id] + tok.encode(args.prompt, add_special_tokens=False)
@@ -38,19 +36,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..model.hub import is_hub_id, resolve_model_path
     from .options import EngineOptions
     from .server.launch import serve
     from .server.settings import ServerSettings
 
     options = EngineOptions(
-        model_path=_resolve_model_path(args.model_path), dtype=DTYPES[args.dtype], device=args.device,
+        model_path=resolve_model_path(args.model_path), dtype=DTYPES[args.dtype], device=args.device,
         page_size=args.page_size, chunked_prefill_size=args.chunked_prefill_size,
         schedule_policy=args.schedule_policy, max_running_requests=args.max_running_requests,
         kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), mem_fraction=args.mem_fraction,
         enable_prefix_cache=not args.disable_radix_cache, max_model_len=args.max_model_len,
         swa_fraction=args.swa_fraction)
     options.validate()
-    settings = ServerSettings(host=args.host, port=args.port, served_model_name=args.served_model_name,
+    hub_id = args.model_path if args.model_path and is_hub_id(args.model_path) else None
+    settings = ServerSettings(host=args.host, port=args.port, served_model_name=args.served_model_name or hub_id,
                               api_key=args.api_key, max_queued_requests=args.max_queued_requests,
                               default_thinking=args.default_thinking, max_model_len=args.max_model_len,
                               log_level=args.log_level)
@@ -61,7 +61,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
-    p.add_argument("--served-model-name", default=None, help="model id clients use (default: the directory name)")
+    p.add_argument("--served-model-name", default=None,
+                   help="model id clients use (default: the hub id, else the directory name)")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="context length limit (default: what the KV pools hold for one request)")
     p.add_argument("--chunked-prefill-size", type=int, default=512)
@@ -115,10 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own parser takes everything after it, `-h` included
-        return cmd_bench(argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        if argv[:1] == ["bench"]:  # its own parser takes everything after it, `-h` included
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except ModelNotFoundError as exc:
+        print(f"banyan: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
+from ..model.hub import resolve_model_path
+
 
 class EngineOptions(msgspec.Struct, kw_only=True):
-    model_path: str | None = None  # None: the embedded tiny default model
+    model_path: str | None = None  # None: the embedded tiny default model; a hub id resolves to its cached snapshot
     dtype: str = "float32"  # float32 | bfloat16
     device: str = "cpu"
     page_size: int | None = None  # default: the smallest multiple of every compression ratio
@@ -21,6 +23,10 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     startup_timeout: float = 300.0
     watchdog_timeout: float = 300.0  # a model step running longer than this kills the scheduler
     grammar_compile_timeout: float = 10.0  # a grammar still compiling after this fails its request
+
+    def __post_init__(self) -> None:
+        if self.model_path is not None:
+            self.model_path = resolve_model_path(self.model_path)
 
     def validate(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
