@@ -1,0 +1,71 @@
+"""Writing one finished KV row into a pool: float rows as they are (optionally through the
+official FP8 QDQ of the no-RoPE dims) or FP8 rows in the 584-byte MODEL1 layout
+(`ref.formats.FP8KVCache`). Shared by the kv prologue and the compressor's window close."""
+
+from __future__ import annotations
+
+import torch
+
+from ._compat import cast, tl, triton
+from .ref.formats import KV_QUANT_BLOCK, FP8KVCache, KVPool
+
+_QB = tl.constexpr(KV_QUANT_BLOCK)
+
+
+@triton.jit
+def _qdq_blocks(x):
+    """Power-of-two e4m3 quantisation of bf16-rounded `x [1, BD]` in blocks of 64 columns:
+    (e4m3 values `[1, BD]`, fp32 scales per column `[1, BD]`)."""
+    blocks = tl.reshape(cast(x, tl.bfloat16).to(tl.float32), (x.shape[1] // _QB, _QB))
+    scale = tl.exp2(tl.ceil(tl.log2(tl.maximum(tl.max(tl.abs(blocks), axis=1), 1e-4) / 448.0)))  # [BD/64]
+    q = cast(tl.clamp(blocks / scale[:, None], -448.0, 448.0), tl.float8e4nv)
+    scale = tl.reshape(tl.broadcast_to(scale[:, None], (x.shape[1] // _QB, _QB)), (1, x.shape[1]))
+    return tl.reshape(q, (1, x.shape[1])), scale
+
+
+@triton.jit
+def write_row(row, slot, pool_ptr, pool16_ptr, D, stride_row, page_rows, page_bytes,
+              FP8: tl.constexpr, QDQ: tl.constexpr, NOPE: tl.constexpr, DATA_BYTES: tl.constexpr,
+              SCALE_BYTES: tl.constexpr):
+    """Store fp32 `row [1, BD]` as pool row `slot` (>= 0)."""
+    offs_d = tl.arange(0, row.shape[1])[None, :]
+    d_mask = offs_d < D
+    nope = offs_d < NOPE
+    if FP8:
+        q, scale = _qdq_blocks(row)
+        data = (slot // page_rows) * page_bytes + (slot % page_rows) * DATA_BYTES
+        scale_at = (slot // page_rows) * page_bytes + page_rows * DATA_BYTES + (slot % page_rows) * SCALE_BYTES
+        tl.store(pool_ptr + data + offs_d, q.to(tl.uint8, bitcast=True), mask=nope)
+        tl.store(pool16_ptr + (data + NOPE + 2 * (offs_d - NOPE)) // 2, cast(row, tl.bfloat16), mask=~nope & d_mask)
+        exponent = ((scale.to(tl.int32, bitcast=True) >> 23) & 0xFF).to(tl.uint8)  # E8M0 of a power of two
+        at = offs_d // _QB
+        first_of_block = (offs_d % _QB == 0) & nope
+        tl.store(pool_ptr + scale_at + at, exponent, mask=first_of_block)
+        tl.store(pool_ptr + scale_at + at, tl.zeros_like(exponent), mask=offs_d == NOPE)  # the pad byte
+    else:
+        if QDQ:
+            q, scale = _qdq_blocks(row)
+            row = tl.where(nope, q.to(tl.float32) * scale, cast(row, tl.bfloat16).to(tl.float32))
+        tl.store(pool_ptr + slot * stride_row + offs_d, cast(row, pool_ptr.dtype.element_ty), mask=d_mask)
+
+
+def pool_args(pool: KVPool, dim: int, rope_dim: int, qdq: bool) -> tuple[tuple, dict]:
+    """(pointer arguments, constexprs) that `write_row` takes for `pool`."""
+    if isinstance(pool, FP8KVCache):
+        fmt = pool.fmt
+        if (fmt.dim, fmt.rope_dim) != (dim, rope_dim):
+            raise ValueError(f"FP8 pool rows are {fmt.dim} dims with {fmt.rope_dim} RoPE dims, the rows written "
+                             f"{dim} with {rope_dim}")
+        return ((pool.data, pool.data.view(torch.bfloat16), 0, pool.page_rows, pool.data.shape[1]),
+                dict(FP8=True, QDQ=True, NOPE=fmt.nope, DATA_BYTES=fmt.data_bytes, SCALE_BYTES=fmt.scale_bytes))
+    if pool.shape[-1] != dim:
+        raise ValueError(f"pool rows have {pool.shape[-1]} dims, the rows written have {dim}")
+    if qdq and (dim - rope_dim) % KV_QUANT_BLOCK:
+        raise ValueError(f"the FP8 QDQ needs the {dim - rope_dim} no-RoPE dims in blocks of {KV_QUANT_BLOCK}")
+    return (pool, pool, pool.stride(0), 1, 0), dict(FP8=False, QDQ=qdq, NOPE=dim - rope_dim, DATA_BYTES=0,
+                                                    SCALE_BYTES=0)
+
+
+def rope_args(rope: torch.Tensor) -> torch.Tensor:
+    """The complex rotation table `[T, rd/2]` as fp32 (cos, sin) pairs `[T, rd/2, 2]`."""
+    return torch.view_as_real(rope.resolve_conj())

@@ -1,0 +1,93 @@
+"""Torch versions of the attention path's ops with the dispatch's signatures.
+
+Sparse attention and the indexer's top-k are the references in `kernels.sparse_attention`
+and `kernels.indexer`, extended here to FP8 pools (the rows a call touches are gathered and
+dequantised first). The q/kv prologue with its paged insert and the compressor's window
+close are fusions of the norm, RoPE, pooling and QDQ references. RoPE tables are the
+complex `[T, rope_dim / 2]` rotations of `kernels.rope.rope_table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from ... import indexer as indexer_ref
+from ... import sparse_attention as attention_ref
+from ...compress import softmax_pool
+from ...indexer import QueryGroup
+from ...norm import rms_norm
+from ...rope import apply_rope_
+from ...sparse_attention import KVIndex
+from .formats import FP8IndexerKeys, FP8KVCache, KVPool, fp8_qdq, write_rows
+
+
+def _float_pool(pool: KVPool, index: KVIndex) -> tuple[torch.Tensor, KVIndex]:
+    """A float pool and index equivalent to (`pool`, `index`): FP8 rows are gathered and dequantised."""
+    if not isinstance(pool, FP8KVCache):
+        return pool, index
+    t, k = index.indices.shape
+    local = torch.arange(t * k, device=index.indices.device).view(t, k)
+    return pool.read(index.rows.flatten()), KVIndex(torch.where(index.indices >= 0, local, -1), index.lengths)
+
+
+def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Tensor, scale: float,
+                     extra: KVPool | None = None, extra_index: KVIndex | None = None,
+                     inv_rope: torch.Tensor | None = None) -> torch.Tensor:
+    """`kernels.sparse_attention.sparse_attention` over float or FP8 pools; `inv_rope` (the inverse
+    rotation table `[T, rd/2]`) is applied to the output's trailing dims."""
+    kv, index = _float_pool(kv, index)
+    if extra is not None:
+        extra, extra_index = _float_pool(extra, extra_index)
+    out = attention_ref.sparse_attention(q, kv, index, sink, scale, extra, extra_index)
+    return apply_rope_(out, inv_rope) if inv_rope is not None else out
+
+
+IndexerKeys = torch.Tensor | FP8IndexerKeys  # float rows [S, d] or FP8
+
+
+def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, groups: Sequence[QueryGroup],
+                 topk: int) -> torch.Tensor:
+    """`kernels.indexer.indexer_topk` over float or FP8 keys."""
+    if isinstance(keys, FP8IndexerKeys):
+        rows = torch.cat([g.candidates.flatten() for g in groups]) if groups else q.new_zeros(0, dtype=torch.long)
+        dense = keys.read(rows.clamp(min=0))
+        starts, remapped = 0, []
+        for g in groups:
+            local = torch.arange(starts, starts + g.candidates.numel(), device=q.device).view_as(g.candidates)
+            remapped.append(replace(g, candidates=torch.where(g.candidates >= 0, local, -1)))
+            starts += g.candidates.numel()
+        out = indexer_ref.indexer_topk(q, weights, dense, remapped, topk)
+        return torch.where(out >= 0, rows.clamp(min=0)[out.clamp(min=0)], -1)
+    return indexer_ref.indexer_topk(q, weights, keys, groups, topk)
+
+
+def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: torch.Tensor | None) -> torch.Tensor:
+    """RMS norm over the last dim of `x [T, H, D]` (weighted or not), then RoPE of its trailing dims."""
+    y = rms_norm(x, weight, eps)
+    return apply_rope_(y, rope) if rope is not None else y
+
+
+def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Tensor, pool: KVPool,
+              slots: torch.Tensor, qdq: bool = False) -> None:
+    """`kv [T, D]` -> kv_norm -> RoPE -> (official FP8 QDQ of the no-RoPE dims) -> `pool[slots]`
+    (slot -1: padding, not written). An FP8 pool always quantises."""
+    _write_entries(norm_rope(kv.unsqueeze(1), weight, eps, rope)[:, 0], 2 * rope.shape[-1], pool, slots, qdq)
+
+
+def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Tensor,
+                   pool: KVPool, slots: torch.Tensor, qdq: bool = False) -> None:
+    """Close compressor windows: softmax-pool `kv [E, S, d]` under `score [E, S, d]` over the S slots
+    (per channel; -inf = empty slot), RMS-norm with `weight`, RoPE at the entry position (`rope
+    [E, rd/2]`), optionally the FP8 QDQ, and store entry e at `pool[slots[e]]` (-1: not written)."""
+    entries = rms_norm(softmax_pool(kv.float(), score.float()), weight, eps)
+    _write_entries(apply_rope_(entries, rope), 2 * rope.shape[-1], pool, slots, qdq)
+
+
+def _write_entries(rows: torch.Tensor, rope_dim: int, pool: KVPool, slots: torch.Tensor, qdq: bool) -> None:
+    if qdq and isinstance(pool, torch.Tensor):
+        nope = rows.shape[-1] - rope_dim
+        rows = torch.cat([fp8_qdq(rows[:, :nope].to(torch.bfloat16)), rows[:, nope:].to(torch.bfloat16).float()], 1)
+    write_rows(pool, slots, rows)

@@ -1,0 +1,27 @@
+"""Torch linears with the dispatch's signatures: `kernels.linear` with bf16/fp32 activations,
+or after the official 1x128 FP8 activation quantisation (`act_fp8=True`)."""
+
+from __future__ import annotations
+
+import torch
+
+from ... import linear as linear_ref
+from ...quant import QuantizedWeight
+from .formats import act_quant_1x128
+
+
+def _act_qdq(x: torch.Tensor) -> torch.Tensor:
+    """`x [..., K]` through the official activation quantisation, back in x's dtype."""
+    flat = x.reshape(-1, x.shape[-1])
+    q, scale = act_quant_1x128(flat)
+    return (q.float() * scale.repeat_interleave(128, 1)[:, :flat.shape[1]]).to(x.dtype).view_as(x)
+
+
+def linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
+    """`x [..., K]` times `weight [N, K]` -> `[..., N]`."""
+    return linear_ref.linear(_act_qdq(x) if act_fp8 else x, weight)
+
+
+def grouped_linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
+    """`x [T, G, D]` times `weight [G*R, D]` per group -> `[T, G, R]` (V4's `wo_a`)."""
+    return linear_ref.grouped_linear(_act_qdq(x) if act_fp8 else x, weight)
