@@ -68,7 +68,7 @@ def register(op: str, name: str, module: str) -> None:
     once that backend's package has imported (an import guard), e.g. for a FlashMLA adapter."""
     if op not in _MODULES:
         raise ValueError(f"unknown kernel op {op!r}; ops: {', '.join(OPS)}")
-    if name in ("auto",):
+    if name == "auto":
         raise ValueError("'auto' is not a backend name")
     _MODULES[op][name] = module
     _parse.cache_clear()
@@ -86,7 +86,7 @@ def _parse(spec: str) -> tuple[str, dict[str, str]]:
         op, name = op.strip(), name.strip()
         if op and op not in _MODULES:
             raise ValueError(f"{ENV}: unknown op {op!r} in {spec!r}; ops: {', '.join(OPS)}")
-        known = set(CHOICES) | (set(_MODULES[op]) if op else set())
+        known = set(CHOICES).union(*([_MODULES[op]] if op else _MODULES.values()))
         if name not in known:
             raise ValueError(f"{ENV}: unknown backend {name!r} in {spec!r}; choose from {', '.join(sorted(known))}")
         if op:
