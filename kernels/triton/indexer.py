@@ -6,7 +6,7 @@ query i of row g seeing the first `visible[g, i]` of them). One program scores o
 against BLOCK_N candidates: `tl.dot(q [H, d], k^T [d, BLOCK_N])`, ReLU, the head-weighted
 sum, -inf where not visible; blocks wholly past a query's visible count skip the key loads.
 The top-k then runs on the fixed-width, -inf padded scores with `torch.topk` (graph safe)
-and maps local picks back to pool rows, -1 where fewer are visible.
+and maps local picks back to pool rows, best first, -1 where fewer are visible.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def group_scores(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, grou
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, groups: Sequence[QueryGroup],
                  topk: int) -> torch.Tensor:
-    """`kernels.indexer.indexer_topk` on the GPU: `[T, min(topk, max E)]` int64 pool rows, -1 padded."""
+    """`kernels.indexer.indexer_topk` on the GPU: `[T, min(topk, max E)]` int64 pool rows, best first,
+    -1 padded."""
     width = min(topk, max((g.candidates.shape[1] for g in groups), default=0))
     out = torch.full((q.shape[0], width), -1, dtype=torch.long, device=q.device)
     for group in groups:
@@ -91,7 +92,7 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, grou
         k = min(topk, group.candidates.shape[1])
         if k == 0:
             continue
-        vals, local = group_scores(q, weights, keys, group).topk(k, dim=-1, sorted=False)  # [G, Tq, k]
+        vals, local = group_scores(q, weights, keys, group).topk(k, dim=-1)  # [G, Tq, k], best first
         rows = group.candidates.gather(1, local.view(g, tq * k)).view(g * tq, k)
         out[:, :k].index_copy_(0, group.tokens.reshape(-1), rows.masked_fill_(vals.view(-1, k) == float("-inf"), -1))
     return out

@@ -56,10 +56,10 @@ def _collapse_kernel(mix_ptr, sq_ptr, scale_ptr, base_ptr, x_ptr, out_ptr, post_
                      N: tl.constexpr, SPLITS: tl.constexpr, HEAD: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0)
-    sq = tl.zeros((1,), dtype=tl.float32)
-    for s in tl.static_range(SPLITS):
-        sq += tl.load(sq_ptr + s * T + t + tl.arange(0, 1))
-    inv_rms = tl.rsqrt(sq / (N * D) + norm_eps)  # [1]
+    sq = tl.load(sq_ptr + t)
+    for s in tl.static_range(1, SPLITS):
+        sq += tl.load(sq_ptr + s * T + t)
+    inv_rms = tl.rsqrt(sq / (N * D) + norm_eps)
     offs_n = tl.arange(0, N)
     always = offs_n < N
     pre = _mix_part(mix_ptr, t, T, offs_n, always, inv_rms, SPLITS, BLOCK_M)
@@ -130,8 +130,8 @@ def _collapse(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base
     _mix_kernel[(triton.cdiv(t, block_t), n_split)](streams, fn, mix, sq, t, m, k, per_split, streams.stride(0),
                                                    fn.stride(0), BLOCK_T=block_t, BLOCK_M=block_m, BLOCK_K=block_k)
     out = torch.empty(t, d, dtype=streams.dtype, device=streams.device)
-    post = torch.empty(t, n, dtype=torch.float32, device=streams.device)
-    comb = torch.empty(t, n, n, dtype=torch.float32, device=streams.device)
+    post = mix if head else torch.empty(t, n, dtype=torch.float32, device=streams.device)  # the head writes neither
+    comb = mix if head else torch.empty(t, n, n, dtype=torch.float32, device=streams.device)
     _collapse_kernel[(t,)](mix, sq, scale.float().contiguous(), base.float().contiguous(), streams, out, post, comb,
                            t, d, float(norm_eps), float(eps), int(iters), streams.stride(0), streams.stride(1),
                            out.stride(0), N=n, SPLITS=n_split, HEAD=head, BLOCK_M=block_m,

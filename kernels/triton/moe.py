@@ -60,7 +60,7 @@ def _weight_dot(acc, a, w_ptr, s_ptr, offs_n, n_mask, k0, K, stride_wn, stride_s
         scales = tl.load(s_ptr + offs_n[:, None] * stride_sn + offs_ks[None, :] * stride_sk,
                          mask=n_mask[:, None] & (offs_ks[None, :] < K // 32), other=127)  # [BN, BK/32]
         if FP4_DOT_SCALED:
-            acc = tl.dot_scaled(a.to(tl.bfloat16), None, "bf16", tl.trans(packed), scales, "e2m1", acc)
+            acc = tl.dot_scaled(a.to(tl.bfloat16), None, "bf16", tl.trans(packed), scales, "e2m1", acc=acc)
         else:
             w = _e2m1_tile(packed, scales)  # [BN, BK] fp32
             acc = tl.dot(dot_operand(a), dot_operand(tl.trans(w)), acc)

@@ -206,7 +206,7 @@ def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Te
         rope.stride(0), out.stride(0), out.stride(1), page_rows, page_bytes, xpage_rows, xpage_bytes,
         SPLITS=n_split, HAS_EXTRA=has_extra, FP8=isinstance(kv, FP8KVCache),
         XFP8=isinstance(extra, FP8KVCache), INV_ROPE=inv_rope is not None, ROPE_PAIRS=rope_pairs,
-        BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, **consts)
+        BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8 if block_d >= 512 else 4, **consts)
     if n_split > 1:
         _merge_kernel[(t, head_blocks)](part, stats, rope, out, h, d, rope.stride(0), out.stride(0), out.stride(1),
                                         SPLITS=n_split, INV_ROPE=inv_rope is not None, ROPE_PAIRS=rope_pairs,
