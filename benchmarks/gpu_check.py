@@ -167,7 +167,8 @@ def gemm_cases(b: Builder, s: Shapes) -> list[Case]:
     w, x = b.fp8_weight(s.groups * s.o_rank, d), b.randn(s.tokens, s.groups, d)
     cases.append(Case("gemm.wo_a.grouped", lambda: gemm_fp8.grouped_linear(x, w), lambda: ref.grouped_linear(x, w),
                       max_rel_error, 2e-2, bytes=w.nbytes + x.numel() * 2,
-                      flops=2 * s.tokens * s.groups * s.o_rank * d, shape=dict(t=s.tokens, g=s.groups, r=s.o_rank, d=d)))
+                      flops=2 * s.tokens * s.groups * s.o_rank * d,
+                      shape=dict(t=s.tokens, g=s.groups, r=s.o_rank, d=d)))
     return cases
 
 
@@ -184,8 +185,8 @@ def moe_cases(b: Builder, s: Shapes) -> list[Case]:
         ids, weights = router.route(b.randn(t, s.experts, dtype=torch.float32), torch.zeros(s.experts, device=b.device),
                                     s.top_k, 1.5)
         touched = int(torch.unique(ids).numel())
-        cases.append(Case(f"moe.{fmt}.t{t}", lambda x=x, i=ids, w=weights, a=(w1, w3, w2): moe.fused_moe(x, i, w, *a, 10.0),
-                          lambda x=x, i=ids, w=weights, a=(w1, w3, w2): ref.fused_moe(x, i, w, *a, 10.0),
+        args = (x, ids, weights, w1, w3, w2, 10.0)
+        cases.append(Case(f"moe.{fmt}.t{t}", lambda a=args: moe.fused_moe(*a), lambda a=args: ref.fused_moe(*a),
                           max_rel_error, 3e-2, bytes=(w1.nbytes + w3.nbytes + w2.nbytes) * touched / s.experts,
                           flops=6 * t * s.top_k * s.expert_dim * s.hidden,
                           shape=dict(t=t, experts=s.experts, touched=touched, fmt=fmt)))

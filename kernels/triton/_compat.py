@@ -46,6 +46,11 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.element_size() == 1 and t.dtype != torch.float8_e4m3fn else t
 
 
+def rope_arg(table: torch.Tensor) -> torch.Tensor:
+    """A complex rotation table `[T, rd/2]` (`kernels.rope.rope_table`) as fp32 (cos, sin) pairs `[T, rd/2, 2]`."""
+    return torch.view_as_real(table.resolve_conj())
+
+
 def pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
@@ -95,9 +100,13 @@ def e8m0_to_f32(b):
 
 
 @triton.jit
-def rope_pairs(x, cos, sin):
-    """Rotate interleaved pairs `(x[..., 2i], x[..., 2i+1])` of `x [R, C]` by `cos/sin [R or 1, C/2]`.
-
-    Pairs that must not rotate carry cos 1, sin 0. Returns fp32 `[R, C]`."""
+def rotate_tail(x, table_row, D, ROPE_PAIRS: tl.constexpr):
+    """RoPE of rows `x [R, BD]` (fp32, D real columns): the last `2 * ROPE_PAIRS` of the D dims
+    rotate in interleaved pairs by one table row, `ROPE_PAIRS` fp32 (cos, sin) pairs at
+    `table_row`; the pairs before them (and the padding) pass with cos 1, sin 0."""
+    pair = tl.arange(0, x.shape[1] // 2) - (D // 2 - ROPE_PAIRS)  # index into the table row
+    rotating = (pair >= 0) & (pair < ROPE_PAIRS)
+    cos = tl.load(table_row + 2 * pair, mask=rotating, other=1.0)[None, :]
+    sin = tl.load(table_row + 2 * pair + 1, mask=rotating, other=0.0)[None, :]
     even, odd = tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
     return tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (x.shape[0], x.shape[1]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ._compat import cast, check_device, pow2, rope_pairs, triton, tl
-from .kv_write import pool_args, rope_args, write_row
+from ._compat import check_device, pow2, rope_arg, rotate_tail, triton, tl
+from .kv_write import pool_args, write_row
 from .ref.formats import KVPool
 
 
@@ -47,11 +47,7 @@ def _compress_kernel(kv_ptr, score_ptr, w_ptr, rope_ptr, slots_ptr, pool_ptr, po
     pooled = acc / l  # [BD]
     x = pooled * tl.rsqrt(tl.sum(tl.where(d_mask, pooled * pooled, 0.0), axis=0) / D + eps)
     x = (x * tl.load(w_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32))[None, :]  # [1, BD]
-    pair = tl.arange(0, BLOCK_D // 2) - (D // 2 - ROPE_PAIRS)
-    rotating = (pair >= 0) & (pair < ROPE_PAIRS)
-    cos = tl.load(rope_ptr + e * stride_rt + 2 * pair, mask=rotating, other=1.0)
-    sin = tl.load(rope_ptr + e * stride_rt + 2 * pair + 1, mask=rotating, other=0.0)
-    row = rope_pairs(tl.where(d_mask[None, :], x, 0.0), cos[None, :], sin[None, :])
+    row = rotate_tail(tl.where(d_mask[None, :], x, 0.0), rope_ptr + e * stride_rt, D, ROPE_PAIRS)
     write_row(row, slot, pool_ptr, pool16_ptr, D, stride_row, page_rows, page_bytes, FP8, QDQ, NOPE, DATA_BYTES,
               SCALE_BYTES)
 
@@ -65,7 +61,7 @@ def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, 
     if kv.stride(2) != 1 or score.stride(2) != 1:
         raise ValueError("compress_close needs unit stride along the channel dim")
     check_device(kv, score, slots)
-    table = rope_args(rope)
+    table = rope_arg(rope)
     (pool_ptr, pool16, stride_row, page_rows, page_bytes), consts = pool_args(pool, d, 2 * rope.shape[-1], qdq)
     _compress_kernel[(e,)](kv, score, weight, table, slots, pool_ptr, pool16, s, d, float(eps),
                            kv.stride(0), kv.stride(1), score.stride(0), score.stride(1), table.stride(0),

@@ -64,8 +64,3 @@ def pool_args(pool: KVPool, dim: int, rope_dim: int, qdq: bool) -> tuple[tuple, 
         raise ValueError(f"the FP8 QDQ needs the {dim - rope_dim} no-RoPE dims in blocks of {KV_QUANT_BLOCK}")
     return (pool, pool, pool.stride(0), 1, 0), dict(FP8=False, QDQ=qdq, NOPE=dim - rope_dim, DATA_BYTES=0,
                                                     SCALE_BYTES=0)
-
-
-def rope_args(rope: torch.Tensor) -> torch.Tensor:
-    """The complex rotation table `[T, rd/2]` as fp32 (cos, sin) pairs `[T, rd/2, 2]`."""
-    return torch.view_as_real(rope.resolve_conj())

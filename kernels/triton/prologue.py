@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ._compat import cast, check_device, pow2, rope_pairs, triton, tl
-from .kv_write import pool_args, rope_args, write_row
+from ._compat import cast, check_device, pow2, rope_arg, rotate_tail, triton, tl
+from .kv_write import pool_args, write_row
 from .ref.formats import KVPool
 
 
@@ -26,11 +26,7 @@ def _norm_rope(x, w_ptr, rope_ptr, t, offs_d, D, eps, stride_rt,
         x = x * tl.load(w_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
     x = cast(x, DTYPE).to(tl.float32)
     if ROPE_PAIRS > 0:
-        pair = tl.arange(0, x.shape[1] // 2) - (D // 2 - ROPE_PAIRS)
-        rotating = (pair >= 0) & (pair < ROPE_PAIRS)
-        cos = tl.load(rope_ptr + t * stride_rt + 2 * pair, mask=rotating, other=1.0)
-        sin = tl.load(rope_ptr + t * stride_rt + 2 * pair + 1, mask=rotating, other=0.0)
-        x = rope_pairs(x, cos[None, :], sin[None, :])
+        x = rotate_tail(x, rope_ptr + t * stride_rt, D, ROPE_PAIRS)
     return x
 
 
@@ -72,7 +68,7 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: to
     t, h, d = x.shape
     check_device(x)
     out = torch.empty_like(x)
-    table = rope_args(rope) if rope is not None else x
+    table = rope_arg(rope) if rope is not None else x
     block_d = pow2(d)
     block_h = max(1, min(pow2(h), 8192 // block_d))
     _norm_rope_kernel[(t, triton.cdiv(h, block_h))](
@@ -87,7 +83,7 @@ def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Te
     """`kv [T, D]` -> kv_norm -> RoPE -> (FP8 QDQ) -> `pool[slots]`; see `ref.attention.kv_insert`."""
     t, d = kv.shape
     check_device(kv, slots)
-    table = rope_args(rope)
+    table = rope_arg(rope)
     (pool_ptr, pool16, stride_row, page_rows, page_bytes), consts = pool_args(pool, d, 2 * rope.shape[-1], qdq)
     _kv_insert_kernel[(t,)](kv, weight, table, slots, pool_ptr, pool16, d, float(eps), kv.stride(0), table.stride(0),
                             stride_row, page_rows, page_bytes, ROPE_PAIRS=rope.shape[-1], BLOCK_D=pow2(d), **consts)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 
 from ..sparse_attention import KVIndex
-from ._compat import INTERPRET, cast, check_device, dot_operand, e8m0_to_f32, pow2, rope_pairs, triton, tl
-from .ref.formats import FP8KVCache, KVPool
+from ._compat import INTERPRET, cast, check_device, dot_operand, e8m0_to_f32, pow2, rope_arg, rotate_tail, triton, tl
+from .ref.formats import KV_QUANT_BLOCK, FP8KVCache, KVPool
 
 LOG2E = 1.4426950408889634  # scores and the sink run in base 2
 _LOG2E = tl.constexpr(LOG2E)
 _EMPTY = tl.constexpr(-1.0e30)  # the running max of a split that starts without the sink: finite, so no NaN
+_QB = tl.constexpr(KV_QUANT_BLOCK)
 
 
 @triton.jit
@@ -39,7 +40,7 @@ def _load_rows(pool_ptr, pool16_ptr, rows, valid, offs_d, D, stride_row, page_ro
         nope = offs_d < NOPE
         m = valid[:, None] & nope[None, :]
         q = tl.load(pool_ptr + data[:, None] + offs_d[None, :], mask=m, other=0)
-        s = tl.load(pool_ptr + scale_at[:, None] + (offs_d // 64)[None, :], mask=m, other=127)
+        s = tl.load(pool_ptr + scale_at[:, None] + (offs_d // _QB)[None, :], mask=m, other=127)
         q = q.to(tl.float8e4nv, bitcast=True).to(tl.float32) * e8m0_to_f32(s)
         rope_at = (data[:, None] + NOPE + 2 * (offs_d[None, :] - NOPE)) // 2  # in bf16 elements
         rope = tl.load(pool16_ptr + rope_at, mask=valid[:, None] & (~nope & d_mask)[None, :], other=0.0)
@@ -77,11 +78,7 @@ def _finish(out, t, offs_h, h_mask, offs_d, D, rope_ptr, stride_rt, out_ptr, str
             INV_ROPE: tl.constexpr, ROPE_PAIRS: tl.constexpr):
     """Rotate the trailing `2 * ROPE_PAIRS` dims by the table row t (if asked), then store."""
     if INV_ROPE:
-        pair = tl.arange(0, out.shape[1] // 2) - (D // 2 - ROPE_PAIRS)  # index into the table row
-        rotating = (pair >= 0) & (pair < ROPE_PAIRS)
-        cos = tl.load(rope_ptr + t * stride_rt + 2 * pair, mask=rotating, other=1.0)
-        sin = tl.load(rope_ptr + t * stride_rt + 2 * pair + 1, mask=rotating, other=0.0)
-        out = rope_pairs(out, cos[None, :], sin[None, :])
+        out = rotate_tail(out, rope_ptr + t * stride_rt, D, ROPE_PAIRS)
     tl.store(out_ptr + t * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :],
              cast(out, out_ptr.dtype.element_ty), mask=h_mask[:, None] & (offs_d < D)[None, :])
 
@@ -192,7 +189,7 @@ def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Te
     x_ptr, x16, stride_xkv, xpage_rows, xpage_bytes = _pool_args(extra) if has_extra else (kv_ptr, kv16, 0, 1, 0)
     xidx = extra_index.indices if has_extra else index.indices
     xlen = extra_index.lengths if has_extra else index.lengths
-    rope = torch.view_as_real(inv_rope.resolve_conj()) if inv_rope is not None else q
+    rope = rope_arg(inv_rope) if inv_rope is not None else q
     out = torch.empty_like(q)
     part = torch.empty(t, n_split, h, block_d, dtype=torch.float32, device=q.device) if n_split > 1 else out
     stats = torch.empty(t, n_split, 2, h, dtype=torch.float32, device=q.device) if n_split > 1 else out

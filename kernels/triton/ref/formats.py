@@ -101,7 +101,8 @@ class FP8KVCache:
         """Byte offsets of each row's data and scales in `data.flatten()`."""
         page, slot = rows // self.page_rows, rows % self.page_rows
         base = page * self.data.shape[1]
-        return base + slot * self.fmt.data_bytes, base + self.page_rows * self.fmt.data_bytes + slot * self.fmt.scale_bytes
+        fmt = self.fmt
+        return base + slot * fmt.data_bytes, base + self.page_rows * fmt.data_bytes + slot * fmt.scale_bytes
 
     def write(self, rows: torch.Tensor, kv: torch.Tensor) -> None:
         """Store `kv [N, dim]` at global rows `rows [N]` (rows < 0 are skipped), after the QDQ."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -39,7 +38,8 @@ def _rotate_back(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 def test_float_pools_with_padding_empty_rows_and_an_extra_list(backend, gen):
     t, h, d = 4, 5, 64
-    kv, extra = torch.randn(50, d, generator=gen).to(torch.bfloat16), torch.randn(30, d, generator=gen).to(torch.bfloat16)
+    kv = torch.randn(50, d, generator=gen).to(torch.bfloat16)
+    extra = torch.randn(30, d, generator=gen).to(torch.bfloat16)
     q = torch.randn(t, h, d, generator=gen).to(torch.bfloat16)
     idx = torch.randint(0, 50, (t, 70), generator=gen)
     idx[0, 3] = idx[1, 50:] = -1  # -1 padding, inside and after the used part
@@ -129,3 +129,18 @@ def test_indexer_top_k_for_decode_rows_and_a_prefill_chunk(backend, gen, fp8):
     assert out.shape == (t, 16)
     for token, rows in _indexer_oracle(q, weights, keys, [decode, prefill], 16).items():
         assert out[token].tolist() == rows + [-1] * (16 - len(rows))  # best first, then -1 padding
+
+
+def test_a_v4_decode_step_h64_d512_window_plus_top_k(backend, gen):
+    """Real per-token shapes: 64 heads, 512 dims, a 128-row window and 512 CSA entries, FP8 pools."""
+    t, h, d = 2, 64, 512
+    window, entries = FP8KVCache.empty(256, page_rows=128), FP8KVCache.empty(1024, page_rows=32)
+    window.write(torch.arange(256), torch.randn(256, d, generator=gen))
+    entries.write(torch.arange(1024), torch.randn(1024, d, generator=gen))
+    q = torch.randn(t, h, d, generator=gen).to(torch.bfloat16)
+    swa = KVIndex(torch.arange(100, 228).repeat(t, 1), torch.tensor([128, 128]))  # the window spans two pages
+    top = KVIndex(torch.randint(0, 1024, (t, 512), generator=gen), torch.tensor([512, 300]))
+    sink = torch.randn(h, generator=gen)
+    out = dispatch.sparse_attention(q, window, swa, sink, d ** -0.5, entries, top)
+    expected = _oracle(q, [(window, swa), (entries, top)], sink, d ** -0.5)
+    assert torch.allclose(out.float(), expected, atol=2e-2 * expected.abs().max().item())
