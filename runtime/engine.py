@@ -28,8 +28,8 @@ import zmq
 
 from .detokenizer_process import run_detokenizer_process
 from .options import EngineOptions
-from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, TextOut, encode,
-                       engine_decoder)
+from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, TextBatch, TextOut,
+                       encode, engine_decoder)
 from .scheduler_process import run_scheduler_process
 from .tokenizer import load_tokenizer
 from ..scheduler.grammar import GrammarSpec
@@ -58,6 +58,26 @@ class _Pending:
             self.loop.call_soon_threadsafe(self.q.put_nowait, item)
         else:
             self.q.put(item)
+
+
+def _deliver(deliveries: list[tuple[_Pending, list]]) -> None:
+    """Put items on their queues, waking each asyncio loop once for all of its requests
+    (a step of a batch of streams is one wake-up, not one per request and item)."""
+    per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, list]]] = {}
+    for pending, items in deliveries:
+        if pending.loop is None:
+            for item in items:
+                pending.q.put(item)
+        else:
+            per_loop.setdefault(pending.loop, []).append((pending.q, items))
+    for loop, batch in per_loop.items():
+        loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, list]]) -> None:
+    for q, items in batch:
+        for item in items:
+            q.put_nowait(item)
 
 
 def _merge(outs: list[TextOut]) -> dict:
@@ -182,16 +202,21 @@ class Engine:
                     return
                 continue
             msg = engine_decoder.decode(self._recv.recv())
-            key = msg.req_id if isinstance(msg, ControlReply) else msg.rid
-            with self._lock:
+            self._route(msg.items if isinstance(msg, TextBatch) else [msg])
+
+    def _route(self, msgs: list) -> None:
+        """Hand each message (and `_END` after a request's last) to its caller's queue."""
+        deliveries = []
+        with self._lock:
+            for msg in msgs:
+                key = msg.req_id if isinstance(msg, ControlReply) else msg.rid
                 pending = self._pending.get(key)
                 done = isinstance(msg, (ControlReply, ErrorOut)) or (isinstance(msg, TextOut) and msg.finish)
                 if done:
                     self._pending.pop(key, None)
-            if pending is not None:
-                pending.put(msg)
-                if done:
-                    pending.put(_END)
+                if pending is not None:
+                    deliveries.append((pending, [msg, _END] if done else [msg]))
+        _deliver(deliveries)
 
     # ---- requests ---------------------------------------------------------------------------------
     def _submit(self, msg: msgspec.Struct, key: str, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:

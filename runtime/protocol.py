@@ -82,9 +82,15 @@ class TextOut(msgspec.Struct, tag=True):
     input_top_logprobs: list[list[tuple[int, float]]] = []
 
 
+class TextBatch(msgspec.Struct, tag=True):
+    """Detokenizer -> engine: every request's TextOut of one scheduler step, in one message."""
+
+    items: list[TextOut]
+
+
 ToScheduler = GenerateRequest | AbortRequest | ControlRequest
 ToDetokenizer = TokenBatch | RequestMeta | ControlReply | ErrorOut
-ToEngine = TextOut | ControlReply | ErrorOut
+ToEngine = TextBatch | TextOut | ControlReply | ErrorOut
 
 _encoder = msgspec.msgpack.Encoder()
 
