@@ -114,7 +114,7 @@ def _indexer_oracle(q, weights, keys, groups, topk):
 
 @pytest.mark.parametrize("fp8", [False, True])
 def test_indexer_top_k_for_decode_rows_and_a_prefill_chunk(backend, gen, fp8):
-    t, h, d, pool_rows = 5, 8, 128, 100
+    t, h, d, pool_rows = 6, 8, 128, 100
     q = torch.randn(t, h, d, generator=gen).to(torch.bfloat16)
     weights = torch.randn(t, h, generator=gen) * h ** -0.5
     dense = torch.randn(pool_rows, d, generator=gen)
@@ -124,7 +124,7 @@ def test_indexer_top_k_for_decode_rows_and_a_prefill_chunk(backend, gen, fp8):
     candidates = torch.randperm(pool_rows, generator=gen)[:90].view(3, 30)
     candidates[1, 20:] = -1
     decode = _group([[0], [2], [4]], candidates, [[30], [20], [0]])
-    prefill = _group([[1, 3]], torch.randperm(pool_rows, generator=gen)[:70][None], [[9, 70]])  # a causal chunk
+    prefill = _group([[1, 3, 5]], torch.randperm(pool_rows, generator=gen)[:70][None], [[9, 70, 0]])  # one chunk
     out = dispatch.indexer_topk(q, weights, keys, [decode, prefill], 16)
     assert out.shape == (t, 16)
     for token, rows in _indexer_oracle(q, weights, keys, [decode, prefill], 16).items():
