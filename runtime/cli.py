@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ..model.hub import ModelNotFoundError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+V4_PARSERS = ("deepseek_v4", "deepseek-v4", "deepseekv4")  # vLLM's and SGLang's names for V4's parsers
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +37,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_flags(args: argparse.Namespace) -> None:
+    """Fold the other engines' spellings into ours: `--model-path`, and the parser flags (no-ops)."""
+    if args.model_path_flag is not None:
+        if args.model_path is not None and args.model_path != args.model_path_flag:
+            raise SystemExit(f"banyan: error: MODEL_PATH {args.model_path!r} and --model-path "
+                             f"{args.model_path_flag!r} disagree")
+        args.model_path = args.model_path_flag
+    for flag in ("reasoning_parser", "tool_call_parser"):
+        if getattr(args, flag) is not None:
+            logging.getLogger("banyan.server").warning(
+                "--%s %s has no effect: DeepSeek-V4 reasoning and tool-call parsing is built in",
+                flag.replace("_", "-"), getattr(args, flag))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _engine_flags(args)
     from ..model.hub import is_hub_id, resolve_model_path
     from .options import EngineOptions
     from .server.launch import serve
@@ -59,6 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
+    p.add_argument("--model-path", "--model", dest="model_path_flag", default=None, metavar="MODEL_PATH",
+                   help="the model, as SGLang and vLLM spell it (instead of the positional MODEL_PATH)")
+    for flag in ("--reasoning-parser", "--tool-call-parser"):
+        p.add_argument(flag, choices=V4_PARSERS, default=None,
+                       help="accepted for SGLang/vLLM command lines; V4 reasoning and tool-call parsing is built in")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--served-model-name", default=None,
@@ -114,16 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _run(command, arg) -> int:
+    """Run a command; a model that cannot be found is a one-line error, not a traceback."""
     try:
-        if argv[:1] == ["bench"]:  # its own parser takes everything after it, `-h` included
-            return cmd_bench(argv[1:])
-        args = build_parser().parse_args(argv)
-        return args.func(args)
+        return command(arg)
     except ModelNotFoundError as exc:
         print(f"banyan: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser takes everything after it, `-h` included
+        return _run(cmd_bench, argv[1:])
+    args = build_parser().parse_args(argv)
+    return _run(args.func, args)
+
+
+def launch_server(argv: list[str] | None = None) -> int:
+    """`python -m banyan.launch_server`: SGLang's launch command, the same server and flags as `banyan serve`."""
+    parser = argparse.ArgumentParser(prog="python -m banyan.launch_server",
+                                     description="The Banyan server, as `banyan serve` (SGLang-style entry point)")
+    _add_serve_args(parser)
+    return _run(cmd_serve, parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 
 from ..engine import Engine
 from ..options import EngineOptions
-from . import chat, completions, info, native
-from .errors import APIError, error_response, install_error_handlers
+from . import chat, completions, info, messages, native, responses
+from .errors import APIError, error_response, install_error_handlers, install_openapi
 from .settings import ServerSettings
 from .state import ServerState, banyan_version
 
@@ -74,8 +74,9 @@ def create_app(settings: ServerSettings, options: EngineOptions,
     app = FastAPI(title="Banyan", version=banyan_version(), lifespan=lifespan)
     app.state.banyan = state
     install_error_handlers(app)
-    for module in (chat, completions, native, info):
+    for module in (chat, completions, responses, messages, native, info):
         app.include_router(module.router)
+    install_openapi(app)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     return app

@@ -19,7 +19,8 @@ from .errors import invalid
 from .models import ChatCompletionRequest
 from .params import response_format_grammar
 
-EFFORTS = {"none": None, "minimal": "high", "low": "high", "medium": "high", "high": "high", "max": "max"}
+EFFORTS = {"none": None, "minimal": "high", "low": "high", "medium": "high", "high": "high", "xhigh": "high",
+           "max": "max"}
 
 
 @dataclass

@@ -15,7 +15,7 @@ from .params import resolve_max_tokens, response_format_grammar, sampling_params
 from .runner import Call, expand, generate, stream
 from .sse import event, start_stream
 from .state import ServerState, get_state
-from .usage import finish_reason, usage
+from .usage import add_usage, finish_reason, usage, with_reasoning
 
 router = APIRouter()
 
@@ -41,11 +41,14 @@ def _prepare(state: ServerState, body: CompletionRequest) -> list[list[Call]]:
     if body.best_of is not None and body.best_of != body.n:
         raise invalid("best_of is not supported (only best_of == n)", "best_of")
     grammar = response_format_grammar(body.response_format, None)
+    vocab = engine.info["vocab_size"]
     out = []
     for prompt in _prompts(body.prompt):
-        ids = engine.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else prompt
+        ids = state.tokenize(prompt) if isinstance(prompt, str) else prompt
         if not ids:
             raise invalid("a prompt must have at least one token", "prompt")
+        if any(not 0 <= t < vocab for t in ids):  # before anything decodes them (echo)
+            raise invalid(f"prompt has a token id outside the vocabulary (0..{vocab - 1})", "prompt")
         max_tokens = resolve_max_tokens(body.max_tokens if body.max_tokens is not None else 16, len(ids),
                                         state.max_model_len)
         params = sampling_params(body, max_tokens, engine.info["vocab_size"])
@@ -69,30 +72,26 @@ def _choice_logprobs(texts: TokenTexts, echo: bool, call: Call, out: dict) -> di
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, http: Request):
     state = get_state(http)
-    groups = _prepare(state, body)
+    groups = await state.offload(_prepare, state, body)
     calls = [c for g in groups for c in g]
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     tokenizer = state.ready_engine().tokenizer
     texts = TokenTexts(tokenizer)
-    echo = [tokenizer.decode(c.input_ids) if body.echo else "" for c in calls]
+    echo = await state.offload(lambda: [tokenizer.decode(c.input_ids) if body.echo else "" for c in calls])
     if body.stream:
         return await start_stream(_events(state, body, calls, echo, rid, created, texts))
     outs = await generate(state, http, calls)
     choices = [{"index": i, "text": echo[i] + out["text"],
                 "logprobs": None if body.logprobs is None else _choice_logprobs(texts, body.echo, calls[i], out),
                 "finish_reason": finish_reason(out["meta_info"])} for i, out in enumerate(outs)]
-    metas = [o["meta_info"] for o in outs]
-    per_prompt = [metas[i:i + body.n] for i in range(0, len(metas), body.n)]
+    metas = [with_reasoning(o["meta_info"], c.input_ids, o["output_ids"]) for o, c in zip(outs, calls)]
     return {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
-            "choices": choices, "usage": _sum_usage(per_prompt)}
+            "choices": choices, "usage": _sum_usage(metas, body.n)}
 
 
-def _sum_usage(groups: list[list[dict]]) -> dict:
-    parts = [usage(g) for g in groups]
-    total = {k: sum(p[k] for p in parts) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    total["prompt_tokens_details"] = {"cached_tokens": sum(p["prompt_tokens_details"]["cached_tokens"]
-                                                           for p in parts)}
-    return total
+def _sum_usage(metas: list[dict], n: int) -> dict:
+    """Usage of a batch: each prompt's usage (its `n` choices are consecutive), summed."""
+    return add_usage([usage(metas[i:i + n]) for i in range(0, len(metas), n)])
 
 
 async def _events(state: ServerState, body: CompletionRequest, calls: list[Call], echo: list[str], rid: str,
@@ -103,24 +102,24 @@ async def _events(state: ServerState, body: CompletionRequest, calls: list[Call]
 
     source = stream(state, calls)
     metas: dict[int, dict] = {}
+    output_ids: list[list[int]] = [[] for _ in calls]
     try:
         started: set[int] = set()
         async for index, out in source:
             meta = out["meta_info"]
             first = index not in started
             started.add(index)
+            output_ids[index] += out["output_ids"]
             prefix = echo[index] if first else ""
             logprobs = None
             if body.logprobs is not None:
                 logprobs = _choice_logprobs(texts, first and body.echo, calls[index], out)
             finish = finish_reason(meta) if meta["finish_reason"] is not None else None
             if finish:
-                metas[index] = meta
+                metas[index] = with_reasoning(meta, calls[index].input_ids, output_ids[index])
             yield chunk(index, prefix + out["text"], logprobs, finish)
         if body.stream_options and body.stream_options.include_usage:
-            ordered = [metas[i] for i in sorted(metas)]
             yield event({"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
-                         "choices": [], "usage": _sum_usage([ordered[i:i + body.n]
-                                                             for i in range(0, len(ordered), body.n)])})
+                         "choices": [], "usage": _sum_usage([metas[i] for i in sorted(metas)], body.n)})
     finally:
         await source.aclose()

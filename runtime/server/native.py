@@ -1,4 +1,4 @@
-"""SGLang-compatible native API: `/generate`, `/get_model_info`, `/server_info`, `/flush_cache`.
+"""SGLang-compatible native API: `/generate`, `/model_info` (`/get_model_info`), `/server_info`, `/flush_cache`.
 
 `/generate` takes `text` or `input_ids` (one prompt or a batch), SGLang's `sampling_params`
 (including `regex`, `json_schema`, `ebnf` and `structural_tag`), and the logprob switches; it answers with
@@ -171,6 +171,7 @@ async def _events(state: ServerState, calls: list[Call], texts: TokenTexts, with
         await source.aclose()
 
 
+@router.get("/model_info")
 @router.get("/get_model_info")
 async def get_model_info(http: Request):
     state = get_state(http)
@@ -192,7 +193,8 @@ async def server_info(http: Request):
     return info
 
 
-@router.api_route("/flush_cache", methods=["GET", "POST"])
+@router.get("/flush_cache")
+@router.post("/flush_cache")
 async def flush_cache(http: Request):
     engine = get_state(http).ready_engine()
     if await asyncio.to_thread(engine.flush_cache):

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import anyio
 from fastapi import Request
 
 from .errors import invalid
@@ -133,6 +134,9 @@ async def stream(state: ServerState, calls: list[Call]) -> AsyncIterator[tuple[i
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # a client disconnect cancels the response task, and anyio cancels every await in it again:
+        # shielded, the cleanup runs to the end and the requests' room is given back
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
         state.metrics.count_aborted(len(calls) - len(finished))
         state.release(len(calls))

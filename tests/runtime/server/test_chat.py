@@ -138,7 +138,7 @@ def test_json_schema_applies_only_after_think_in_thinking_mode(client):
 
 def test_forced_tool_call_is_parsed(client):
     r = client.chat.completions.create(model="banyan-tiny", messages=MSGS, tools=[WEATHER, CLOCK],
-                                       tool_choice="required", max_tokens=80, temperature=0)
+                                       tool_choice="required", max_tokens=120, temperature=0)
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
     for call in choice.message.tool_calls:
@@ -150,13 +150,13 @@ def test_forced_tool_call_is_parsed(client):
         else:
             assert call.function.name == "get_time" and args["zone"] in ("UTC", "CET")
     named = client.chat.completions.create(
-        model="banyan-tiny", messages=MSGS, tools=[WEATHER, CLOCK], max_tokens=80, temperature=0,
+        model="banyan-tiny", messages=MSGS, tools=[WEATHER, CLOCK], max_tokens=120, temperature=0,
         tool_choice={"type": "function", "function": {"name": "get_time"}})
     assert [c.function.name for c in named.choices[0].message.tool_calls][0] == "get_time"
 
 
 def test_streamed_tool_call_sends_name_once_then_arguments(client):
-    kwargs = dict(model="banyan-tiny", messages=MSGS, tools=[CLOCK], max_tokens=60, temperature=0,
+    kwargs = dict(model="banyan-tiny", messages=MSGS, tools=[CLOCK], max_tokens=120, temperature=0,
                   tool_choice={"type": "function", "function": {"name": "get_time"}})
     full = client.chat.completions.create(**kwargs).choices[0].message.tool_calls
     chunks = list(client.chat.completions.create(stream=True, **kwargs))
