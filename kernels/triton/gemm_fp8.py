@@ -9,9 +9,9 @@ FP8 x FP8 MMA). Per 128-wide K tile the kernel does `acc += dot(a, w) * s_a * s_
 also promotes the accumulation to fp32 every 128 as DeepGEMM does on Hopper.
 
 Small M (decode) splits K across programs so narrow matrices still fill the GPU; the
-partial sums go to an fp32 buffer summed afterwards (deterministic, unlike atomics). At
-large M with bf16 activations the weight is dequantised to bf16 once and cuBLAS runs the
-GEMM (`LIBRARY_MIN_M`), which is faster there (gpu-plan §1.2 K2).
+partial sums go to an fp32 buffer summed afterwards (deterministic, unlike atomics). From
+`LIBRARY_MIN_M` rows on, with bf16 activations, the weight is dequantised once and cuBLAS
+runs the GEMM, which is faster there (gpu-plan §1.2 K2).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .ref.linear import grouped_linear as _ref_grouped
 from .ref.linear import linear as _ref_linear
 
 BLOCK = 128  # the weight's scale block, and the activation quantisation block
-LIBRARY_MIN_M = 1024  # from here on (bf16 activations, CUDA) dequantise once + cuBLAS
+LIBRARY_MIN_M = 1024  # from here on (bf16 activations) dequantise once + a library GEMM
 
 
 @triton.jit
@@ -125,7 +125,7 @@ def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, groups:
         raise ValueError(f"fp8_gemm needs a float8_e4m3fn weight, got {weight.dtype}")
     n = rows // g
     out_dtype = out_dtype or x.dtype
-    if not act_fp8 and g == 1 and m >= LIBRARY_MIN_M and not INTERPRET:
+    if not act_fp8 and g == 1 and m >= LIBRARY_MIN_M:
         return F.linear(xg[:, 0], dequantize_fp8(weight, scale, x.dtype)).to(out_dtype)
     s, e8m0 = _scale_arg(scale)
     block_m, block_n, warps, auto_split = _config(m, n, k, g, x.device)

@@ -11,8 +11,8 @@ with the routing weight -> combine.
 3. GEMM 2: per (block, D-tile) `y = (h W2^T) * w_slot`, fp32 per slot; the combine sums a
    token's k slots in fp32 in slot order (deterministic).
 
-Weights stay as stored: dense, FP8 e4m3 with 128x128 E8M0 blocks, or packed FP4 e2m1 with
-1x32 E8M0 blocks. FP4 tiles go to `tl.dot_scaled` (bf16 x e2m1; Triton upcasts to bf16 on
+Weights stay as stored: dense, FP8 e4m3 with 128x128 blocks (E8M0 scales, or fp32 as in
+the base checkpoints), or packed FP4 e2m1 with 1x32 E8M0 blocks. FP4 tiles go to `tl.dot_scaled` (bf16 x e2m1; Triton upcasts to bf16 on
 Hopper) or, with `fp4_dot_scaled=False`, are decoded in registers and fed to `tl.dot`.
 """
 
@@ -48,7 +48,7 @@ def align(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tens
 
 @triton.jit
 def _weight_dot(acc, a, w_ptr, s_ptr, offs_n, n_mask, k0, K, stride_wn, stride_sn, stride_sk,
-                FMT: tl.constexpr, FP4_DOT_SCALED: tl.constexpr, BLOCK_K: tl.constexpr):
+                FMT: tl.constexpr, SCALE_E8M0: tl.constexpr, FP4_DOT_SCALED: tl.constexpr, BLOCK_K: tl.constexpr):
     """`acc += a [BM, BK] . W[offs_n, k0:k0+BK]^T` for one expert's weight `[N, K]` as stored."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
@@ -67,9 +67,9 @@ def _weight_dot(acc, a, w_ptr, s_ptr, offs_n, n_mask, k0, K, stride_wn, stride_s
     else:
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None],
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)  # [BK, BN]
-        if FMT == 1:  # e4m3 with one E8M0 scale per 128x128 block
-            s = e8m0_to_f32(tl.load(s_ptr + (offs_n // 128) * stride_sn + (k0 // 128) * stride_sk,
-                                    mask=n_mask, other=127))
+        if FMT == 1:  # e4m3 with one scale (E8M0, or fp32 in base checkpoints) per 128x128 block
+            s = tl.load(s_ptr + (offs_n // 128) * stride_sn + (k0 // 128) * stride_sk, mask=n_mask, other=127)
+            s = e8m0_to_f32(s) if SCALE_E8M0 else s.to(tl.float32)
             acc += tl.dot(dot_operand(a), dot_operand(w)) * s[None, :]
         else:
             acc = tl.dot(dot_operand(a), dot_operand(w), acc)
@@ -98,7 +98,7 @@ def _e2m1(code):
 def _gate_up_kernel(x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, slots_ptr, block_expert_ptr, h_ptr,
                     num_slots, num_experts, N, K, limit, stride_xt,
                     stride_we, stride_wn, stride_se, stride_sn, stride_sk, stride_ht,
-                    TOPK: tl.constexpr, FMT: tl.constexpr, FP4_DOT_SCALED: tl.constexpr,
+                    TOPK: tl.constexpr, FMT: tl.constexpr, SCALE_E8M0: tl.constexpr, FP4_DOT_SCALED: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """h[slot, n] = silu(min(x W1^T, limit)) * clamp(x W3^T, -limit, limit) for one expert block."""
     pid_b, pid_n = tl.program_id(0), tl.program_id(1)
@@ -119,9 +119,9 @@ def _gate_up_kernel(x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, slots_ptr, block_expe
         a = tl.load(x_ptr + token[:, None] * stride_xt + offs_k[None, :],
                     mask=valid[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)  # [BM, BK]
         gate = _weight_dot(gate, a, w1, s1, offs_n, n_mask, k0, K, stride_wn, stride_sn, stride_sk,
-                           FMT, FP4_DOT_SCALED, BLOCK_K)
+                           FMT, SCALE_E8M0, FP4_DOT_SCALED, BLOCK_K)
         up = _weight_dot(up, a, w3, s3, offs_n, n_mask, k0, K, stride_wn, stride_sn, stride_sk,
-                         FMT, FP4_DOT_SCALED, BLOCK_K)
+                         FMT, SCALE_E8M0, FP4_DOT_SCALED, BLOCK_K)
     gate = tl.minimum(gate, limit)
     h = gate * tl.sigmoid(gate) * tl.clamp(up, -limit, limit)
     tl.store(h_ptr + slot[:, None] * stride_ht + offs_n[None, :], cast(h, h_ptr.dtype.element_ty),
@@ -132,7 +132,7 @@ def _gate_up_kernel(x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, slots_ptr, block_expe
 def _down_kernel(h_ptr, w_ptr, s_ptr, slots_ptr, block_expert_ptr, route_w_ptr, y_ptr,
                  num_slots, num_experts, N, K, stride_ht,
                  stride_we, stride_wn, stride_se, stride_sn, stride_sk, stride_yt,
-                 FMT: tl.constexpr, FP4_DOT_SCALED: tl.constexpr,
+                 FMT: tl.constexpr, SCALE_E8M0: tl.constexpr, FP4_DOT_SCALED: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[slot, n] = w_slot * (h[slot] W2^T)[n], fp32, for one expert block."""
     pid_b, pid_n = tl.program_id(0), tl.program_id(1)
@@ -151,23 +151,23 @@ def _down_kernel(h_ptr, w_ptr, s_ptr, slots_ptr, block_expert_ptr, route_w_ptr, 
         a = tl.load(h_ptr + row[:, None] * stride_ht + offs_k[None, :],
                     mask=valid[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)  # [BM, BK]
         acc = _weight_dot(acc, a, w, s, offs_n, n_mask, k0, K, stride_wn, stride_sn, stride_sk,
-                          FMT, FP4_DOT_SCALED, BLOCK_K)
+                          FMT, SCALE_E8M0, FP4_DOT_SCALED, BLOCK_K)
     acc *= tl.load(route_w_ptr + row, mask=valid, other=0.0)[:, None]
     tl.store(y_ptr + slot[:, None] * stride_yt + offs_n[None, :], acc, mask=valid[:, None] & n_mask[None, :])
 
 
-def _weight_args(w: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, int, tuple[int, int, int]]:
-    """(data, scale, format code, scale strides (expert, row, column)) of a stacked `[E, N, K]` weight."""
+def _weight_args(w: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, int, bool, tuple[int, int, int]]:
+    """(data, scale, format code, E8M0 scales?, scale strides (expert, row, column)) of stacked `[E, N, K]`."""
     if len(w.shape) != 3:
         raise ValueError(f"expert weights must be stacked [E, N, K], got shape {w.shape}")
     data = as_bytes(w.data.contiguous())
     if w.fmt == "dense":
-        return data, data, DENSE, (0, 0, 0)
-    scale = w.scale
-    if scale.dtype not in (torch.float8_e8m0fnu, torch.uint8):
-        raise ValueError(f"the Triton MoE takes E8M0 expert scales, got {scale.dtype}")
-    scale = as_bytes(scale)
-    return data, scale, FORMAT_CODES[w.fmt], (scale.stride(0), scale.stride(1), scale.stride(2))
+        return data, data, DENSE, True, (0, 0, 0)
+    e8m0 = w.scale.dtype in (torch.float8_e8m0fnu, torch.uint8)
+    if w.fmt == "fp4" and not e8m0:
+        raise ValueError(f"FP4 experts take E8M0 scales, got {w.scale.dtype}")
+    scale = as_bytes(w.scale) if e8m0 else w.scale.float()
+    return data, scale, FORMAT_CODES[w.fmt], e8m0, (scale.stride(0), scale.stride(1), scale.stride(2))
 
 
 def _block_m(slots: int, experts: int) -> int:
@@ -194,19 +194,20 @@ def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: Qua
     slots = t * k
     block_m = _block_m(slots, experts)
     sorted_slots, block_expert = align(ids, experts, block_m)
-    d1, s1, fmt, (se1, sn1, sk1) = _weight_args(w1)
-    d3, s3, _, _ = _weight_args(w3)
-    d2, s2, _, (se2, sn2, sk2) = _weight_args(w2)
+    d1, s1, fmt, e8m0, (se1, sn1, sk1) = _weight_args(w1)
+    d3, s3, *_ = _weight_args(w3)
+    d2, s2, _, _, (se2, sn2, sk2) = _weight_args(w2)
     blocks = block_expert.numel()
     block_n, block_k = 64, 128
     h = torch.empty(slots, inter, dtype=x.dtype, device=x.device)
     _gate_up_kernel[(blocks, triton.cdiv(inter, block_n))](
         x, d1, s1, d3, s3, sorted_slots, block_expert, h, slots, experts, inter, d, float(limit), x.stride(0),
         d1.stride(0), d1.stride(1), se1, sn1, sk1, h.stride(0),
-        TOPK=k, FMT=fmt, FP4_DOT_SCALED=fp4_dot_scaled, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        TOPK=k, FMT=fmt, SCALE_E8M0=e8m0, FP4_DOT_SCALED=fp4_dot_scaled, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k)
     y = torch.empty(slots, d, dtype=torch.float32, device=x.device)
     _down_kernel[(blocks, triton.cdiv(d, block_n))](
         h, d2, s2, sorted_slots, block_expert, weights.contiguous().float(), y, slots, experts, d, inter, h.stride(0),
         d2.stride(0), d2.stride(1), se2, sn2, sk2, y.stride(0),
-        FMT=fmt, FP4_DOT_SCALED=fp4_dot_scaled, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        FMT=fmt, SCALE_E8M0=e8m0, FP4_DOT_SCALED=fp4_dot_scaled, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return y.view(t, k, d).sum(1).to(x.dtype)

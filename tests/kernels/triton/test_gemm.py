@@ -70,6 +70,18 @@ def test_dense_and_fp4_weights_fall_through_to_the_library_path(backend, gen):
         assert torch.allclose(dispatch.linear(x, w), x @ w.dequantize().T, rtol=1e-5, atol=1e-5)
 
 
+def test_large_m_goes_through_a_dequantised_library_gemm(gen, monkeypatch):
+    from banyan.kernels.triton import gemm_fp8
+
+    w = _fp8_weight(gen, 64, 256)
+    x = torch.randn(6, 256, generator=gen)
+    triton_path = gemm_fp8.fp8_gemm(x, w.data, w.scale)
+    monkeypatch.setattr(gemm_fp8, "LIBRARY_MIN_M", 4)
+    library_path = gemm_fp8.fp8_gemm(x, w.data, w.scale)
+    assert torch.allclose(library_path, triton_path, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(library_path, x @ w.dequantize().T, rtol=1e-5, atol=1e-4)
+
+
 def test_dequantize_kernel_is_exact(gen):
     from banyan.kernels.triton.gemm_fp8 import dequantize_fp8 as triton_dequantize
 

@@ -64,6 +64,17 @@ def test_fp4_decoded_in_registers_equals_dot_scaled(gen):
     assert torch.equal(scaled, decoded)
 
 
+def test_fp8_experts_with_fp32_scales(gen):
+    """Base checkpoints carry fp32 block scales: the same product as with their E8M0 bytes."""
+    from banyan.kernels.triton.moe import fused_moe
+
+    x = torch.randn(5, D, generator=gen).to(torch.bfloat16)
+    ids, weights = _routing(gen, 5)
+    w1, w3, w2 = _experts(gen, "fp8", I, D), _experts(gen, "fp8", I, D), _experts(gen, "fp8", D, I)
+    as_fp32 = [QuantizedWeight(w.data, w.scale.float(), "fp8") for w in (w1, w3, w2)]
+    assert torch.equal(fused_moe(x, ids, weights, *as_fp32, LIMIT), fused_moe(x, ids, weights, w1, w3, w2, LIMIT))
+
+
 def test_swiglu_clamps_bite(gen):
     """Large activations: the gate's upper clamp and the up-projection's two-sided clamp are active."""
     from banyan.kernels.triton.moe import fused_moe
