@@ -12,8 +12,9 @@ with the routing weight -> combine.
    token's k slots in fp32 in slot order (deterministic).
 
 Weights stay as stored: dense, FP8 e4m3 with 128x128 blocks (E8M0 scales, or fp32 as in
-the base checkpoints), or packed FP4 e2m1 with 1x32 E8M0 blocks. FP4 tiles go to `tl.dot_scaled` (bf16 x e2m1; Triton upcasts to bf16 on
-Hopper) or, with `fp4_dot_scaled=False`, are decoded in registers and fed to `tl.dot`.
+the base checkpoints), or packed FP4 e2m1 with 1x32 E8M0 blocks. FP4 tiles go to
+`tl.dot_scaled` (bf16 x e2m1; Triton upcasts to bf16 on Hopper) or, with
+`fp4_dot_scaled=False`, are decoded in registers and fed to `tl.dot`.
 """
 
 from __future__ import annotations
