@@ -95,8 +95,18 @@ def cast(x, DTYPE: tl.constexpr):
 
 @triton.jit
 def e8m0_to_f32(b):
-    """E8M0 bytes -> fp32 `2**(b - 127)` (byte 255, NaN, never occurs in V4 scales)."""
-    return tl.exp2(b.to(tl.float32) - 127.0)
+    """E8M0 bytes -> fp32 `2**(b - 127)`, exactly, from the exponent bits (bytes 0 and 255,
+    2**-127 and NaN, never occur in V4 scales)."""
+    return (b.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def pow2_ceil(x):
+    """The smallest power of two >= positive normal fp32 `x`, from its bits (exact, unlike
+    `exp2(ceil(log2(x)))` with the GPU's approximate log2)."""
+    bits = x.to(tl.int32, bitcast=True)
+    exponent = ((bits >> 23) & 0xFF) + tl.where((bits & 0x7FFFFF) != 0, 1, 0)
+    return (exponent << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit

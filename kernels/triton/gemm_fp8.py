@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..quant import QuantizedWeight
-from ._compat import INTERPRET, as_bytes, cast, check_device, dot_operand, e8m0_to_f32, triton, tl
+from ._compat import INTERPRET, as_bytes, cast, check_device, dot_operand, e8m0_to_f32, pow2_ceil, triton, tl
 from .ref.linear import grouped_linear as _ref_grouped
 from .ref.linear import linear as _ref_linear
 
@@ -55,7 +55,7 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, tiles_per_split,
         ws = tl.load(s_base + (kt * BLOCK_K // 128) * stride_sk, mask=n_mask, other=0)
         ws = e8m0_to_f32(ws) if SCALE_E8M0 else ws.to(tl.float32)  # [BN]
         if ACT_FP8:
-            xs = tl.exp2(tl.ceil(tl.log2(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-4) / 448.0)))  # [BM]
+            xs = pow2_ceil(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-4) / 448.0)  # [BM]
             xq = cast(tl.clamp(x / xs[:, None], -448.0, 448.0), tl.float8e4nv)
             acc += tl.dot(xq, w) * (xs[:, None] * ws[None, :])
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._compat import cast, tl, triton
+from ._compat import cast, pow2_ceil, tl, triton
 from .ref.formats import KV_QUANT_BLOCK, FP8KVCache, KVPool
 
 _QB = tl.constexpr(KV_QUANT_BLOCK)
@@ -17,7 +17,7 @@ def _qdq_blocks(x):
     """Power-of-two e4m3 quantisation of bf16-rounded `x [1, BD]` in blocks of 64 columns:
     (e4m3 values `[1, BD]`, fp32 scales per column `[1, BD]`)."""
     blocks = tl.reshape(cast(x, tl.bfloat16).to(tl.float32), (x.shape[1] // _QB, _QB))
-    scale = tl.exp2(tl.ceil(tl.log2(tl.maximum(tl.max(tl.abs(blocks), axis=1), 1e-4) / 448.0)))  # [BD/64]
+    scale = pow2_ceil(tl.maximum(tl.max(tl.abs(blocks), axis=1), 1e-4) / 448.0)  # [BD/64]
     q = cast(tl.clamp(blocks / scale[:, None], -448.0, 448.0), tl.float8e4nv)
     scale = tl.reshape(tl.broadcast_to(scale[:, None], (x.shape[1] // _QB, _QB)), (1, x.shape[1]))
     return tl.reshape(q, (1, x.shape[1])), scale

@@ -89,9 +89,10 @@ def _e2m1_tile(packed, scales):
 @triton.jit
 def _e2m1(code):
     """4-bit e2m1 codes -> fp32: sign, 2 exponent bits, 1 mantissa bit (0, .5, 1, 1.5, 2, 3, 4, 6)."""
-    exponent = ((code >> 1) & 3).to(tl.float32)
+    exponent = ((code >> 1) & 3).to(tl.int32)
     mantissa = (code & 1).to(tl.float32)
-    magnitude = tl.where(exponent == 0, 0.5 * mantissa, (1.0 + 0.5 * mantissa) * tl.exp2(exponent - 1.0))
+    power = ((exponent + 126) << 23).to(tl.float32, bitcast=True)  # 2**(exponent - 1), exactly
+    magnitude = tl.where(exponent == 0, 0.5 * mantissa, (1.0 + 0.5 * mantissa) * power)
     return tl.where((code & 8) != 0, -magnitude, magnitude)
 
 
