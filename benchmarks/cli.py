@@ -4,9 +4,10 @@
     banyan bench offline [--out results/offline.json]                           (Engine vs transformers)
     banyan bench programs [--out results/programs.json]                         (frontend programs, cache on/off)
     banyan bench gpu [--tiny]                                                   (decode MBU, prefill FLOP/s)
+    banyan bench long-context [--lengths 1024 4096 ...]                         (prefill, TPOT, memory vs length)
     banyan bench footprint [tiny flash pro DIR...] [--out FILE]                 (weight and KV bytes)
 
-Each subcommand is also `python -m banyan.benchmarks.<serving|offline|programs|gpu|footprint>`.
+Each subcommand is also `python -m banyan.benchmarks.<serving|offline|programs|gpu|long_context|footprint>`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import argparse
 import sys
 
 from ..model.hub import resolve_model_path
-from . import footprint, gpu, offline, programs, serving
+from . import footprint, gpu, long_context, offline, programs, serving
 
 SUBCOMMANDS = {
     "serve": (serving, "online benchmark against a running server"),
     "offline": (offline, "Engine (cache on/off) vs transformers generate on the same prompts"),
     "programs": (programs, "frontend programs with the radix cache on and off"),
     "gpu": (gpu, "model decode tokens/s with MBU and prefill FLOP/s (--tiny: CPU smoke test)"),
+    "long-context": (long_context, "prefill tokens/s, TPOT and peak memory per context length, Engine vs transformers"),
     "footprint": (footprint, "resident weight bytes per weight format and KV bytes per cached token"),
 }
 

@@ -1,0 +1,63 @@
+"""Long-context benchmark smoke test: tiny lengths through fresh subprocesses, Banyan and
+transformers side by side, transformers skipped above --hf-max-length."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from banyan.benchmarks import long_context
+
+
+def test_rows_ratios_and_skips(tiny_official, tmp_path):
+    out = tmp_path / "long.json"
+    assert long_context.main(["--model-path", str(tiny_official), "--lengths", "300", "600", "--decode-tokens", "2",
+                              "--hf-max-length", "300", "--short-length", "300", "--long-length", "600",
+                              "--chunked-prefill-size", "256", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "long-context"
+    rows = {(r["length"], r["system"]): r for r in result["rows"]}
+    assert set(rows) == {(300, "banyan"), (300, "hf"), (600, "banyan"), (600, "hf")}
+    assert rows[600, "hf"]["status"] == "skipped" and "--hf-max-length 300" in rows[600, "hf"]["reason"]
+    for key in ((300, "banyan"), (300, "hf"), (600, "banyan")):
+        r = rows[key]
+        assert r["status"] == "ok" and r["decode_tokens"] == 2
+        assert r["prefill_s"] > 0 and r["prefill_tok_s"] == pytest.approx(r["length"] / r["prefill_s"])
+        assert r["tpot_ms"] > 0
+        assert r["peak_rss_mb"] > 100  # the process holding the model: torch and the weights at least
+    ratios = {r["name"]: r for r in result["ratios"]}
+    expected = {"banyan prefill tok/s, 600 / 300": rows[600, "banyan"]["prefill_tok_s"] / rows[300, "banyan"]["prefill_tok_s"],
+                "banyan TPOT, 600 / 300": rows[600, "banyan"]["tpot_ms"] / rows[300, "banyan"]["tpot_ms"],
+                "prefill tok/s at 300, banyan / hf": rows[300, "banyan"]["prefill_tok_s"] / rows[300, "hf"]["prefill_tok_s"],
+                "TPOT at 300, banyan / hf": rows[300, "banyan"]["tpot_ms"] / rows[300, "hf"]["tpot_ms"]}
+    assert {name: r["value"] for name, r in ratios.items()} == pytest.approx(expected)
+    for name in ("prefill", "tpot", "memory"):
+        assert (tmp_path / f"long-{name}.png").stat().st_size > 1000
+
+
+def test_ratio_without_its_rows_is_none():
+    rows = [{"system": "banyan", "length": 1024, "status": "ok", "prefill_tok_s": 10.0, "tpot_ms": 2.0},
+            {"system": "hf", "length": 1024, "status": "error", "error": "boom"}]
+    values = {r["name"]: r["value"] for r in long_context.ratios(rows, 1024, 32768, 16384)}
+    assert values == {"banyan prefill tok/s, 32768 / 1024": None, "banyan TPOT, 32768 / 1024": None,
+                      "prefill tok/s at 16384, banyan / hf": None, "TPOT at 1024, banyan / hf": None}
+
+
+def test_timings_use_the_first_token_and_median_gap():
+    t = long_context.timings(1000, 10.0, [12.0, 12.1, 12.2, 15.0])
+    assert t["prefill_s"] == pytest.approx(2.0) and t["prefill_tok_s"] == pytest.approx(500.0)
+    assert t["tpot_ms"] == pytest.approx(100.0) and t["decode_tokens"] == 4  # the 2.8 s stall is not the median
+    with pytest.raises(RuntimeError, match="at least 2"):
+        long_context.timings(1000, 0.0, [1.0])
+
+
+def test_failed_run_is_reported_with_its_reason(tmp_path, capsys):
+    """A worker that cannot load its model gives an error row and a non-zero exit, not a crash."""
+    out = tmp_path / "bad.json"
+    missing = tmp_path / "no-such-model"
+    assert long_context.main(["--model-path", str(missing), "--systems", "banyan", "--lengths", "300",
+                              "--decode-tokens", "2", "--out", str(out), "--no-plots"]) == 1
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "error" and "exit code" in row["error"]
+    assert "error" in capsys.readouterr().out
