@@ -49,7 +49,7 @@ def _explicit_thinking(req: ChatCompletionRequest) -> bool | None:
 def reasoning_mode(req: ChatCompletionRequest, default_thinking: bool) -> tuple[bool, str | None]:
     """(thinking, reasoning_effort for the encoder: None | "high" | "max")."""
     effort = req.reasoning_effort or (req.chat_template_kwargs or {}).get("reasoning_effort")
-    if effort is not None and effort not in EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in EFFORTS):
         raise invalid(f"reasoning_effort must be one of {', '.join(EFFORTS)}, got {effort!r}", "reasoning_effort")
     explicit = _explicit_thinking(req)
     if explicit is not None:
@@ -65,9 +65,10 @@ def _check_tools(tools: list[dict]) -> list[str]:
     names = []
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type", "function") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not name or tool.get("type", "function") != "function":
             raise invalid(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", f"tools[{i}]")
-        names.append(fn["name"])
+        names.append(name)
     return names
 
 
@@ -75,7 +76,8 @@ def _forced_tool(req: ChatCompletionRequest, names: list[str]) -> tuple[bool, st
     """(a tool call is forced, the forced function's name or None for any)."""
     choice = req.tool_choice
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
         if choice.get("type") != "function" or not name:
             raise invalid("tool_choice must be none, auto, required or {'type': 'function', 'function': "
                           "{'name': ...}}", "tool_choice")

@@ -127,6 +127,7 @@ def _tool_choice(choice: dict | None) -> Any:
     if choice is None:
         return None
     kind = choice.get("type")
+    kind = kind if isinstance(kind, str) else None
     if kind == "tool" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     if kind not in TOOL_CHOICES:
@@ -140,6 +141,7 @@ def _thinking(thinking: dict | None, max_tokens: int) -> dict | None:
     if thinking is None:
         return None
     kind = thinking.get("type")
+    kind = kind if isinstance(kind, str) else None
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
         if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= max_tokens:

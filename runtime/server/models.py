@@ -84,7 +84,7 @@ class ResponsesRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = None
     seed: int | None = None
-    stream: bool = False
+    stream: bool | None = None  # routers forward unset fields as null
     store: bool | None = None
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
@@ -109,7 +109,7 @@ class MessagesRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = None
-    stream: bool = False
+    stream: bool | None = None
     metadata: dict[str, Any] | None = None
 
 

@@ -85,7 +85,8 @@ def input_messages(body: ResponsesRequest) -> list[dict]:
         kind = item.get("type", "message")
         last = messages[-1] if messages else {}
         if kind == "message":
-            role = ROLES.get(item.get("role"))
+            role = item.get("role")
+            role = ROLES.get(role) if isinstance(role, str) else None
             if role is None:
                 raise invalid(f"{where}.role must be one of {', '.join(ROLES)}", f"{where}.role")
             message = {"role": role, "content": _text(item.get("content"), f"{where}.content")}
@@ -154,7 +155,7 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
         raise invalid("Banyan does not store responses: previous_response_id and conversation are not supported; "
                       "send the whole conversation as input", "previous_response_id")
     effort = (body.reasoning or {}).get("effort")
-    if effort is not None and effort not in EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in EFFORTS):
         raise invalid(f"reasoning.effort must be one of {', '.join(EFFORTS)}, got {effort!r}", "reasoning.effort")
     return chat_request(model=body.model, messages=input_messages(body), tools=_tools(body.tools),
                         tool_choice=_tool_choice(body.tool_choice), response_format=_response_format(body.text),

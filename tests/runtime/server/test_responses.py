@@ -125,3 +125,12 @@ def test_openai_agents_runner_calls_a_tool(server):
     assert [c.name for c in calls] == ["now"] and json.loads(calls[0].arguments) == {}
     assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
     assert result.context_wrapper.usage.requests == 1 and result.context_wrapper.usage.output_tokens > 10
+
+
+def test_unset_fields_sent_as_null_are_accepted(server):
+    """sglang-router forwards a Responses request with every unset field as null."""
+    body = {"model": "banyan-tiny", "input": "hi", "max_output_tokens": 1, "stream": None, "store": None,
+            "temperature": None, "tools": None, "tool_choice": None, "reasoning": None, "text": None}
+    with server.http() as http:
+        r = http.post("/v1/responses", json=body)
+    assert r.status_code == 200 and r.json()["usage"]["output_tokens"] == 1
