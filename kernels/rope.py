@@ -32,25 +32,23 @@ def rope_inv_freq(rope_dim: int, theta: float, yarn_factor: float | None = None,
     return inv_freq / yarn_factor * (1 - keep) + inv_freq * keep
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin `[..., rope_dim // 2]` (fp32) for integer positions."""
+def rope_table(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotations `exp(i * p * w)` `[..., rope_dim // 2]` (complex64) for integer positions;
+    `.conj()` of a table rotates back."""
     angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq.to(positions.device)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Rotate the trailing `2 * cos.shape[-1]` channels of `x` (`[T, ..., dim]`).
-
-    `cos`/`sin` are `[T, rope_dim // 2]` and broadcast over any middle dims of `x`.
-    `inverse=True` applies the conjugate rotation (angle -p*w).
-    """
-    half = cos.shape[-1]
-    rope_dim = 2 * half
-    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (half,)
-    cos, sin = cos.reshape(shape), sin.reshape(shape)
-    if inverse:
-        sin = -sin
-    rope = x[..., -rope_dim:].float()
-    even, odd = rope[..., 0::2], rope[..., 1::2]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
-    return torch.cat([x[..., :-rope_dim], rotated.to(x.dtype)], dim=-1)
+def apply_rope_(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate in place the trailing `2 * table.shape[-1]` channels of `x` (`[T, ..., dim]`),
+    pairs `(2i, 2i+1)` as complex numbers; `table` is `[T, rope_dim // 2]` and broadcasts over
+    any middle dims. Computed in fp32 and written back in x's dtype. Returns `x`."""
+    half = table.shape[-1]
+    table = table.view(table.shape[0], *(1,) * (x.dim() - 2), half)
+    tail = x[..., -2 * half:]
+    if x.dtype == torch.float32:
+        torch.view_as_complex(tail.unflatten(-1, (half, 2))).mul_(table)
+    else:
+        rotated = torch.view_as_complex(tail.float().unflatten(-1, (half, 2))) * table
+        tail.copy_(torch.view_as_real(rotated).flatten(-2))
+    return x

@@ -1,21 +1,22 @@
-"""The V4 attention block: shared-KV MQA over a sliding window plus, for CSA/HCA
-layers, compressed entries (CSA: only those the lightning indexer selects)."""
+"""The V4 attention block: shared-KV MQA over each query's sliding window plus, for CSA
+layers, the compressed entries the lightning indexer selects, and for HCA layers every
+visible compressed entry. Each query's rows are explicit lists (`kernels.sparse_attention`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..kernels.attention import sink_attention
-from ..kernels.indexer import indexer_scores
+from ..kernels.indexer import indexer_topk
 from ..kernels.norm import rms_norm
-from ..kernels.rope import apply_rope
-from .batch import AttentionGroup, BatchPlan
+from ..kernels.rope import apply_rope_
+from ..kernels.sparse_attention import KVIndex, sparse_attention
+from .batch import BatchPlan
 from .compressor import Compressor
 from .config import CSA, SWA, ModelConfig
 from .kv_cache import CompressorStore, LayerCache
 from .norm import RMSNorm
-from .positional import BatchRope
+from .positional import RopeTables
 
 
 class Indexer(nn.Module):
@@ -27,25 +28,16 @@ class Indexer(nn.Module):
         self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False, dtype=dtype)
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, self.ratio, True, cfg.rms_norm_eps, dtype)
 
-    def prepare(self, x: torch.Tensor, qr: torch.Tensor, plan: BatchPlan, store: CompressorStore,
-                rope: BatchRope) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this batch's indexer keys; return the queries and per-head weights."""
-        self.compressor(x, plan, store, rope.compress_inv_freq)
-        cos, sin = rope.for_kind(CSA)
-        q = apply_rope(self.wq_b(qr).view(x.shape[0], self.n_heads, self.head_dim), cos, sin)
-        weights = self.weights_proj(x).float() * self.n_heads ** -0.5
-        return q, weights
-
-    def select(self, q: torch.Tensor, weights: torch.Tensor, group: AttentionGroup,
-               store: CompressorStore) -> torch.Tensor:
-        """Top-k mask `[G, Tq, E]` over the group's visible compressed entries."""
-        visible = group.entry_visible[self.ratio]
-        keys = store.entries[group.entry_slots[self.ratio]]
-        scores = indexer_scores(q[group.token_index], keys, weights[group.token_index], self.head_dim ** -0.5)
-        scores = scores.masked_fill(~visible, float("-inf"))
-        k = min(self.topk, scores.shape[-1])
-        chosen = torch.zeros_like(visible).scatter_(-1, scores.topk(k, dim=-1).indices, True)
-        return chosen & visible
+    def forward(self, x: torch.Tensor, qr: torch.Tensor, plan: BatchPlan, store: CompressorStore,
+                rope: RopeTables) -> KVIndex:
+        """Write this batch's indexer keys; return each query's top-k entries as rows of the
+        compressed pool (`[N, K]`, -1 padded)."""
+        self.compressor(x, plan, store, rope)
+        q = self.wq_b(qr).view(x.shape[0], self.n_heads, self.head_dim)
+        q = apply_rope_(q, rope.for_kind(CSA)[0])
+        weights = self.weights_proj(x).float().mul_((self.n_heads * self.head_dim) ** -0.5)
+        rows = indexer_topk(q, weights, store.entries, plan.indexer_groups, self.topk)
+        return KVIndex(rows, plan.csa_lens)
 
 
 class Attention(nn.Module):
@@ -66,34 +58,21 @@ class Attention(nn.Module):
                            if self.kind != SWA else None)
         self.indexer = Indexer(cfg, dtype) if self.kind == CSA else None
 
-    def forward(self, x: torch.Tensor, plan: BatchPlan, cache: LayerCache, rope: BatchRope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: BatchPlan, cache: LayerCache, rope: RopeTables) -> torch.Tensor:
         n = x.shape[0]
-        cos, sin = rope.for_kind(self.kind)
+        table, inverse = rope.for_kind(self.kind)
         qr = self.q_norm(self.wq_a(x))
-        q = rms_norm(self.wq_b(qr).view(n, self.n_heads, self.head_dim), None, self.eps)
-        q = apply_rope(q, cos, sin)
-        kv = apply_rope(self.kv_norm(self.wkv(x)), cos, sin)
-        cache.swa[plan.swa_slots] = kv.to(cache.swa.dtype)
+        q = apply_rope_(rms_norm(self.wq_b(qr).view(n, self.n_heads, self.head_dim), None, self.eps), table)
+        kv = apply_rope_(self.kv_norm(self.wkv(x)), table)
+        cache.swa.index_copy_(0, plan.swa_slots, kv.to(cache.swa.dtype))
+        extra, extra_index = None, None
         if self.compressor is not None:
-            self.compressor(x, plan, cache.compressor, rope.compress_inv_freq)
-        if self.indexer is not None:
-            index_q, index_w = self.indexer.prepare(x, qr, plan, cache.indexer, rope)
+            self.compressor(x, plan, cache.compressor, rope)
+            extra = cache.compressor.entries
+            extra_index = self.indexer(x, qr, plan, cache.indexer, rope) if self.indexer is not None else plan.hca
 
-        out = q.new_empty(n, self.n_heads, self.head_dim)
-        for group in plan.groups:
-            keys, visible = cache.swa[group.window_slots], group.window_visible
-            if self.compressor is not None:
-                entry_visible = group.entry_visible[self.ratio]
-                if self.indexer is not None:
-                    entry_visible = self.indexer.select(index_q, index_w, group, cache.indexer)
-                keys = torch.cat([keys, cache.compressor.entries[group.entry_slots[self.ratio]]], dim=1)
-                visible = torch.cat([visible, entry_visible], dim=-1)
-            attended = sink_attention(q[group.token_index].transpose(1, 2), keys.to(q.dtype), visible,
-                                      self.attn_sink, self.head_dim ** -0.5)
-            out[group.token_index[group.query_valid]] = attended[group.query_valid]
-
-        out = apply_rope(out, cos, sin, inverse=True)
-        grouped = out.view(n, self.groups, -1)
-        wo_a = self.wo_a.weight.view(self.groups, -1, grouped.shape[-1])
-        z = torch.einsum("ngd,grd->ngr", grouped, wo_a)
-        return self.wo_b(z.flatten(1))
+        out = sparse_attention(q, cache.swa, plan.window, self.attn_sink, self.head_dim ** -0.5, extra, extra_index)
+        out = apply_rope_(out, inverse).view(n, self.groups, -1)  # [N, G, H/G * hd]
+        wo_a = self.wo_a.weight.view(self.groups, -1, out.shape[-1])  # [G, R, H/G * hd]
+        z = torch.bmm(out.transpose(0, 1), wo_a.transpose(1, 2))  # [G, N, R]
+        return self.wo_b(z.transpose(0, 1).flatten(1))

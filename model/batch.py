@@ -1,24 +1,31 @@
-"""Ragged batches and the index plans derived from them.
+"""Ragged batches and the per-step metadata derived from them.
 
 A `ForwardBatch` is what a caller hands the model: the new tokens of several requests
 concatenated, and for each request how many tokens its state already holds, its
-compressor ring slot and its page tables. `BatchPlan` turns that into the gather and
-scatter indices every layer uses, once per forward.
+compressor ring slot and its page tables. `BatchPlan` turns that into every index the
+layers use (positions, KV write slots, the per-query row lists of sparse attention, the
+indexer's candidate lists, the compressor emission plans, the logit rows). It is built on
+the host from the batch's lists and page tables with numpy, once per forward, and reaches
+the model's device in one copy of one int64 buffer; nothing in the layers reads a device
+value back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
-from .config import ModelConfig
+from ..kernels.indexer import QueryGroup
+from ..kernels.sparse_attention import KVIndex
+from .config import CSA, HCA, ModelConfig
 
 
 @dataclass
 class ForwardBatch:
-    input_ids: torch.Tensor  # [N] new tokens of all requests, request after request
+    input_ids: torch.Tensor  # [N] new tokens of all requests, request after request (CPU or device)
     prefix_lens: list[int]  # per request: tokens already in its state
     extend_lens: list[int]  # per request: new tokens in this batch
     req_slots: list[int]  # per request: compressor ring slot
@@ -32,186 +39,201 @@ class ForwardBatch:
             raise ValueError("prefix_lens, extend_lens and req_slots must have one entry per request")
         if any(n <= 0 for n in self.extend_lens):
             raise ValueError("every request in a batch needs at least one new token")
+        if any(n < 0 for n in self.prefix_lens):
+            raise ValueError("prefix_lens must not be negative")
         if sum(self.extend_lens) != self.input_ids.numel():
             raise ValueError(f"input_ids has {self.input_ids.numel()} tokens, extend_lens sum to "
                              f"{sum(self.extend_lens)}")
+        for name in ("page_table", "swa_page_table"):
+            table = getattr(self, name)
+            if table.dim() != 2 or table.shape[0] != b:
+                raise ValueError(f"{name} must be [batch_size={b}, max_pages], got {tuple(table.shape)}")
 
     @property
     def batch_size(self) -> int:
         return len(self.extend_lens)
 
 
-@dataclass
-class AttentionGroup:
-    """Requests whose attention runs as one padded block."""
+class RowSource:
+    """Rows addressed by (request, position), from this batch's tokens or from the ring:
+    `fields [4, ...]` = (from batch, flat token index, flat ring row, position >= 0)."""
 
-    token_index: torch.Tensor  # [G, Tq] flat index of each query (0 where padded)
-    query_valid: torch.Tensor  # [G, Tq]
-    query_pos: torch.Tensor  # [G, Tq]
-    window_slots: torch.Tensor  # [G, Kw] SWA pool slots of the window keys
-    window_visible: torch.Tensor  # [G, Tq, Kw]
-    entry_slots: dict[int, torch.Tensor] = field(default_factory=dict)  # ratio -> [G, E]
-    entry_visible: dict[int, torch.Tensor] = field(default_factory=dict)  # ratio -> [G, Tq, E]
+    def __init__(self, fields: torch.Tensor) -> None:
+        self._fields = fields
+        self.token_index, self.ring_row = fields[1], fields[2]
+
+    @cached_property
+    def from_batch(self) -> torch.Tensor:
+        return self._fields[0] != 0
+
+    @cached_property
+    def valid(self) -> torch.Tensor:
+        return self._fields[3] != 0
 
 
 @dataclass
 class EmissionPlan:
     """Where the rows of the compressor windows closing in this batch come from."""
 
+    num_entries: int
     entry_slots: torch.Tensor  # [E] pool slot of each new entry
     entry_pos: torch.Tensor  # [E] position of the entry (w * m), for RoPE
-    row_source: "RowSource"  # [E, S] rows pooled into each entry
-    ring_dest: torch.Tensor  # [R] flat ring rows (slot * S + pos % S) to overwrite
+    row_source: RowSource  # [E, S] rows pooled into each entry
+    ring_dest: torch.Tensor  # [R] flat ring rows to overwrite
     ring_src: torch.Tensor  # [R] flat token index written there
-    snapshot_pages: torch.Tensor  # [P] pages closing in this batch (CSA only)
-    snapshot_source: "RowSource | None"  # [P, m] rows of each closing page's last window
+    num_snapshots: int = 0
+    snapshot_pages: torch.Tensor | None = None  # [P] pages closing in this batch (CSA only)
+    snapshot_source: RowSource | None = None  # [P, m] rows of each closing page's last window
 
 
-@dataclass
-class RowSource:
-    """Rows addressed by (request, position): from this batch's tokens or from the ring."""
+class _HostBuffer:
+    """Int64 arrays packed into one host buffer and moved to a device in one copy."""
 
-    from_batch: torch.Tensor  # bool
-    token_index: torch.Tensor  # flat token index (valid where from_batch)
-    ring_row: torch.Tensor  # flat ring row (valid where not from_batch)
-    valid: torch.Tensor  # position >= 0
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray] = []
+
+    def add(self, array: np.ndarray) -> int:
+        self._arrays.append(np.asarray(array, dtype=np.int64))
+        return len(self._arrays) - 1
+
+    def to(self, device: torch.device) -> list[torch.Tensor]:
+        """The arrays, in order, as views of one device tensor."""
+        sizes = [a.size for a in self._arrays]
+        if device.type == "cuda":
+            host = torch.empty(sum(sizes), dtype=torch.long, pin_memory=True)
+            np.concatenate([a.ravel() for a in self._arrays], out=host.numpy())
+            flat = host.to(device, non_blocking=True)
+        else:
+            flat = torch.from_numpy(np.concatenate([a.ravel() for a in self._arrays])).to(device)
+        return [part.view(a.shape) for part, a in zip(flat.split(sizes), self._arrays)]
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A CPU int64 view of a host or device tensor (device tables cost one read before the layers)."""
+    return t.detach().to("cpu", torch.long).numpy()
+
+
+def _ragged(counts: np.ndarray, firsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each request i, `counts[i]` consecutive values from `firsts[i]`: (request, value)."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, firsts[owner] + np.arange(int(counts.sum())) - starts[owner]
 
 
 class BatchPlan:
-    def __init__(self, batch: ForwardBatch, cfg: ModelConfig, page_size: int) -> None:
-        self.batch = batch
-        self.cfg = cfg
-        self.page_size = page_size
-        device = batch.input_ids.device
-        self.device = device
-        starts, offset = [], 0
-        for n in batch.extend_lens:
-            starts.append(offset)
-            offset += n
-        self.seg_starts = starts
-        self.num_tokens = offset
-        self.token_req = torch.repeat_interleave(
-            torch.arange(batch.batch_size, device=device),
-            torch.tensor(batch.extend_lens, device=device))
-        seg_start_t = torch.tensor(starts, device=device)
-        prefix_t = torch.tensor(batch.prefix_lens, device=device)
-        local = torch.arange(offset, device=device) - seg_start_t[self.token_req]
-        self.positions = prefix_t[self.token_req] + local
-        self.swa_slots = self._swa_slot(self.token_req, self.positions)
-        self._emissions: dict[tuple[int, bool], EmissionPlan] = {}
+    """Per-step metadata of one `ForwardBatch` on one device (see the module docstring)."""
 
-    # ---- addressing ---------------------------------------------------------------------
-    def _swa_slot(self, req: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def __init__(self, batch: ForwardBatch, cfg: ModelConfig, page_size: int, device: torch.device) -> None:
+        self.batch, self.cfg, self.page_size = batch, cfg, page_size
+        self._pt, self._swa_pt = _host(batch.page_table), _host(batch.swa_page_table)
+        self._ext = np.asarray(batch.extend_lens, dtype=np.int64)
+        self._prefix = np.asarray(batch.prefix_lens, dtype=np.int64)
+        self._slots = np.asarray(batch.req_slots, dtype=np.int64)
+        self._starts = np.cumsum(self._ext) - self._ext
+        self._end = self._prefix + self._ext
+        self.num_tokens = int(self._ext.sum())
+        self._req, self._pos = _ragged(self._ext, self._prefix)
+        kinds = set(cfg.layer_kinds)
+        ratios = sorted({r for r in cfg.compress_ratios if r > 0})
+        csa, hca = cfg.csa_ratio, cfg.hca_ratio
+
+        # per-token rows: positions, window write slot and length, visible entries per ratio
+        pos = self._pos
+        window_lens = np.minimum(cfg.sliding_window, pos + 1)
+        visible = {m: (pos + 1) // m for m in ratios}
+        per_token = [pos, self._swa_slot(self._req, pos), window_lens]
+        per_token += [pos % m for m in ratios] + [visible[m] for m in ratios]
+        if CSA in kinds:
+            per_token.append(np.minimum(cfg.index_topk, visible[csa]))
+        host = _HostBuffer()
+        h_token = host.add(np.stack(per_token))
+        h_window = host.add(self._window_lists(window_lens))
+        h_hca = host.add(self._entry_lists(self._req, visible[hca], hca)) if HCA in kinds else None
+        groups = self._indexer_groups(host, visible[csa], csa) if CSA in kinds else []
+        emissions = {(m, m == csa): self._add_emission(host, m, m == csa) for m in ratios}  # CSA windows overlap
+        h_logits = None if batch.all_logits else host.add(self._starts + self._ext - 1)
+        ids_on_device = batch.input_ids.device == device
+        h_ids = None if ids_on_device else host.add(_host(batch.input_ids))
+
+        t = host.to(device)
+        token = t[h_token].unbind(0)
+        self.positions, self.swa_slots = token[0], token[1]
+        self.window = KVIndex(t[h_window], token[2])
+        self.ape_index = dict(zip(ratios, token[3:3 + len(ratios)]))
+        visible_t = dict(zip(ratios, token[3 + len(ratios):3 + 2 * len(ratios)]))
+        self.hca = KVIndex(t[h_hca], visible_t[hca]) if h_hca is not None else None
+        self.csa_lens = token[-1] if CSA in kinds else None
+        self.indexer_groups = [QueryGroup(t[a][0], t[b], t[a][1], vis) for a, b, vis in groups]
+        self.emissions = {key: em(t) for key, em in emissions.items()}
+        self.logit_rows = None if h_logits is None else t[h_logits]
+        self.input_ids = batch.input_ids if h_ids is None else t[h_ids]
+
+    # ---- addressing (host) ----------------------------------------------------------------
+    def _swa_slot(self, req: np.ndarray, pos: np.ndarray) -> np.ndarray:
         p = self.page_size
-        return self.batch.swa_page_table[req, pos // p] * p + pos % p
+        return self._swa_pt[req, pos // p] * p + pos % p
 
-    def _entry_slot(self, req: torch.Tensor, w: torch.Tensor, ratio: int) -> torch.Tensor:
-        p = self.page_size
-        tok = w * ratio
-        return self.batch.page_table[req, tok // p] * (p // ratio) + (tok % p) // ratio
+    def _entry_slot(self, req: np.ndarray, w: np.ndarray, ratio: int) -> np.ndarray:
+        p, tok = self.page_size, w * ratio
+        return self._pt[req, tok // p] * (p // ratio) + (tok % p) // ratio
 
-    def _rows(self, req: torch.Tensor, pos: torch.Tensor, ring_size: int) -> RowSource:
-        prefix = torch.tensor(self.batch.prefix_lens, device=self.device)[req]
-        starts = torch.tensor(self.seg_starts, device=self.device)[req]
-        slots = torch.tensor(self.batch.req_slots, device=self.device)[req]
-        from_batch = pos >= prefix
-        token_index = torch.where(from_batch, starts + pos - prefix, torch.zeros_like(pos))
-        ring_row = slots * ring_size + pos.clamp(min=0) % ring_size
-        return RowSource(from_batch, token_index, ring_row, pos >= 0)
+    def _entry_lists(self, req: np.ndarray, count: np.ndarray, ratio: int) -> np.ndarray:
+        """`[len(req), max(count)]`: item w of row i is the slot of entry w of request `req[i]`
+        for `w < count[i]`, else -1."""
+        w = np.arange(int(count.max(initial=0)))
+        used = w < count[:, None]
+        return np.where(used, self._entry_slot(req[:, None], np.minimum(w, count[:, None] - 1).clip(0), ratio), -1)
 
-    # ---- logits -------------------------------------------------------------------------
-    @cached_property
-    def logit_index(self) -> torch.Tensor:
-        if self.batch.all_logits:
-            return torch.arange(self.num_tokens, device=self.device)
-        ends = [s + n - 1 for s, n in zip(self.seg_starts, self.batch.extend_lens)]
-        return torch.tensor(ends, device=self.device)
+    def _window_lists(self, lens: np.ndarray) -> np.ndarray:
+        """`[N, max(lens)]`: each query's window positions pos, pos-1, ... as SWA slots, -1 padded."""
+        back = self._pos[:, None] - np.arange(int(lens.max()))
+        return np.where(back >= 0, self._swa_slot(self._req[:, None], back.clip(0)), -1)
 
-    # ---- attention groups -----------------------------------------------------------------
-    @cached_property
-    def groups(self) -> list[AttentionGroup]:
-        """Single-token (decode) requests share one group; each longer chunk gets its own."""
-        lens = self.batch.extend_lens
-        singles = [i for i, n in enumerate(lens) if n == 1]
-        chunks = [[i] for i, n in enumerate(lens) if n > 1]
-        return [self._group(g) for g in ([singles] if singles else []) + chunks]
-
-    def _group(self, reqs: list[int]) -> AttentionGroup:
-        b, dev, window = self.batch, self.device, self.cfg.sliding_window
-        tq = max(b.extend_lens[i] for i in reqs)
-        ends = [b.prefix_lens[i] + b.extend_lens[i] for i in reqs]
-        win_starts = [max(0, b.prefix_lens[i] - window + 1) for i in reqs]
-        kw = max(e - s for e, s in zip(ends, win_starts))
-        req_t = torch.tensor(reqs, device=dev)
-        ar_q = torch.arange(tq, device=dev)
-        ext = torch.tensor([b.extend_lens[i] for i in reqs], device=dev)
-        query_valid = ar_q.unsqueeze(0) < ext.unsqueeze(1)
-        token_index = torch.tensor([self.seg_starts[i] for i in reqs], device=dev).unsqueeze(1) + ar_q
-        token_index = torch.where(query_valid, token_index, torch.zeros_like(token_index))
-        query_pos = torch.tensor([b.prefix_lens[i] for i in reqs], device=dev).unsqueeze(1) + ar_q
-        ends_t = torch.tensor(ends, device=dev)
-        key_pos = torch.tensor(win_starts, device=dev).unsqueeze(1) + torch.arange(kw, device=dev)
-        key_valid = key_pos < ends_t.unsqueeze(1)
-        window_slots = self._swa_slot(req_t.unsqueeze(1).expand_as(key_pos), torch.where(key_valid, key_pos, 0))
-        qp, kp = query_pos.unsqueeze(2), key_pos.unsqueeze(1)
-        window_visible = (kp <= qp) & (kp > qp - window) & key_valid.unsqueeze(1) & query_valid.unsqueeze(2)
-        group = AttentionGroup(token_index, query_valid, query_pos, window_slots, window_visible)
-        for ratio in {r for r in self.cfg.compress_ratios if r > 0}:
-            counts = ends_t // ratio
-            n_entries = max(int(counts.max()), 1)
-            w = torch.arange(n_entries, device=dev).unsqueeze(0).expand(len(reqs), -1)
-            exists = w < counts.unsqueeze(1)
-            group.entry_slots[ratio] = self._entry_slot(req_t.unsqueeze(1).expand_as(w), torch.where(exists, w, 0),
-                                                        ratio)
-            # entry w (tokens up to w*m + m - 1) is visible to query t once t >= w*m + m - 1
-            group.entry_visible[ratio] = ((w.unsqueeze(1) < ((query_pos + 1) // ratio).unsqueeze(2))
-                                          & exists.unsqueeze(1) & query_valid.unsqueeze(2))
-        return group
+    def _indexer_groups(self, host: _HostBuffer, visible: np.ndarray, m: int) -> list[tuple[int, int, np.ndarray]]:
+        """CSA: the indexer's query groups (decode tokens together, each longer chunk alone),
+        each row's candidates being its request's entries."""
+        singles = np.flatnonzero(self._ext == 1)
+        groups = ([singles] if len(singles) else []) + [np.array([i]) for i in np.flatnonzero(self._ext > 1)]
+        handles = []
+        for reqs in groups:
+            tokens = self._starts[reqs][:, None] + np.arange(int(self._ext[reqs].max()))
+            handles.append((host.add(np.stack([tokens, visible[tokens]])),
+                            host.add(self._entry_lists(reqs, self._end[reqs] // m, m)), visible[tokens]))
+        return handles
 
     # ---- compressor emissions ------------------------------------------------------------
-    def emission(self, ratio: int, overlap: bool) -> EmissionPlan:
-        key = (ratio, overlap)
-        if key not in self._emissions:
-            self._emissions[key] = self._emission(ratio, overlap)
-        return self._emissions[key]
+    def _rows(self, req: np.ndarray, pos: np.ndarray, ring_size: int) -> np.ndarray:
+        """`[4, ...]` RowSource fields for positions `pos` of requests `req`."""
+        prefix = self._prefix[req]
+        from_batch = pos >= prefix
+        return np.stack(np.broadcast_arrays(from_batch, np.where(from_batch, self._starts[req] + pos - prefix, 0),
+                                            self._slots[req] * ring_size + np.maximum(pos, 0) % ring_size, pos >= 0))
 
-    def _emission(self, m: int, overlap: bool) -> EmissionPlan:
-        b, dev, p = self.batch, self.device, self.page_size
+    def _add_emission(self, host: _HostBuffer, m: int, overlap: bool):
+        """Queue the emission plan's arrays; returns a builder of the plan from the device views."""
+        p, prefix, end = self.page_size, self._prefix, self._end
         ring_size = 2 * m if overlap else m
-        ent_req, ent_w, ring_req, ring_pos, snap_req, snap_page = [], [], [], [], [], []
-        for i, (prefix, n) in enumerate(zip(b.prefix_lens, b.extend_lens)):
-            end = prefix + n
-            ws = range(prefix // m, end // m)  # windows whose last token is in this batch
-            ent_req += [i] * len(ws)
-            ent_w += list(ws)
-            keep_from = max(prefix, end - ring_size)
-            ring_req += [i] * (end - keep_from)
-            ring_pos += list(range(keep_from, end))
-            if overlap:
-                pages = range(prefix // p + 1, end // p + 1)  # boundaries k*p in (prefix, end]
-                snap_req += [i] * len(pages)
-                snap_page += list(pages)
-        ent_req_t = torch.tensor(ent_req, dtype=torch.long, device=dev)
-        ent_w_t = torch.tensor(ent_w, dtype=torch.long, device=dev)
-        first = ent_w_t * m - (ring_size - m)
-        slot_pos = first.unsqueeze(1) + torch.arange(ring_size, device=dev)
-        ring_req_t = torch.tensor(ring_req, dtype=torch.long, device=dev)
-        ring_pos_t = torch.tensor(ring_pos, dtype=torch.long, device=dev)
-        ring_rows = self._rows(ring_req_t, ring_pos_t, ring_size)
-        snapshot_pages = torch.empty(0, dtype=torch.long, device=dev)
-        snapshot_source = None
-        if overlap:
-            snap_req_t = torch.tensor(snap_req, dtype=torch.long, device=dev)
-            snap_k = torch.tensor(snap_page, dtype=torch.long, device=dev)
-            snapshot_pages = b.page_table[snap_req_t, snap_k - 1]
-            last_window = (snap_k * p - m).unsqueeze(1) + torch.arange(m, device=dev)
-            snapshot_source = self._rows(snap_req_t.unsqueeze(1).expand_as(last_window), last_window, ring_size)
-        return EmissionPlan(
-            entry_slots=self._entry_slot(ent_req_t, ent_w_t, m),
-            entry_pos=ent_w_t * m,
-            row_source=self._rows(ent_req_t.unsqueeze(1).expand_as(slot_pos), slot_pos, ring_size),
-            ring_dest=ring_rows.ring_row,
-            ring_src=ring_rows.token_index,
-            snapshot_pages=snapshot_pages,
-            snapshot_source=snapshot_source,
-        )
+        ent_req, ent_w = _ragged(end // m - prefix // m, prefix // m)  # windows closing in this batch
+        keep_from = np.maximum(prefix, end - ring_size)
+        ring_req, ring_pos = _ragged(end - keep_from, keep_from)
+        slot_pos = (ent_w * m - (ring_size - m))[:, None] + np.arange(ring_size)
+        h_entries = host.add(np.stack([self._entry_slot(ent_req, ent_w, m), ent_w * m]))
+        h_rows = host.add(self._rows(ent_req[:, None], slot_pos, ring_size))
+        ring = self._rows(ring_req, ring_pos, ring_size)
+        h_ring = host.add(ring[[2, 1]])
+        h_snap = None
+        if overlap:  # page boundaries k*p in (prefix, end]
+            snap_req, snap_k = _ragged(end // p - prefix // p, prefix // p + 1)
+            last = (snap_k * p - m)[:, None] + np.arange(m)
+            h_snap = (host.add(self._pt[snap_req, snap_k - 1]),
+                      host.add(self._rows(snap_req[:, None], last, ring_size)))
+
+        def build(t: list[torch.Tensor]) -> EmissionPlan:
+            entry_slots, entry_pos = t[h_entries].unbind(0)
+            ring_dest, ring_src = t[h_ring].unbind(0)
+            plan = EmissionPlan(len(ent_w), entry_slots, entry_pos, RowSource(t[h_rows]), ring_dest, ring_src)
+            if h_snap is not None:
+                plan.num_snapshots = len(snap_k)
+                plan.snapshot_pages, plan.snapshot_source = t[h_snap[0]], RowSource(t[h_snap[1]])
+            return plan
+        return build

@@ -3,6 +3,9 @@
 Each token contributes `kv = wkv(x)` and `score = wgate(x) + ape[pos % m]`. For CSA both
 are `2d` wide: the first half (Ca) feeds the *next* window's entry, the second half (Cb)
 the current window's. Entries are RMS-normed and RoPE'd at position `w * m`.
+
+What closes in a batch (entries, page snapshots) is known from the batch's lengths, so
+the plan decides on the host which steps run; no step looks at device values.
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ import torch
 from torch import nn
 
 from ..kernels.compress import softmax_pool
-from ..kernels.rope import apply_rope, rope_cos_sin
+from ..kernels.rope import apply_rope_
 from .batch import BatchPlan, RowSource
 from .kv_cache import CompressorStore
 from .norm import RMSNorm
+from .positional import RopeTables
 
 
 def _gather_rows(rows: torch.Tensor, ring: torch.Tensor, src: RowSource) -> torch.Tensor:
     """Rows `[..., 2, width]` for each (request, position) of `src`."""
-    ring_flat = ring.view(-1, *ring.shape[2:])
-    picked = torch.where(src.from_batch[..., None, None], rows[src.token_index], ring_flat[src.ring_row])
-    return picked
+    shape, row = src.token_index.shape, rows.shape[1:]
+    ring_flat = ring.view(-1, *row)
+    from_batch = rows.index_select(0, src.token_index.reshape(-1)).view(*shape, *row)
+    from_ring = ring_flat.index_select(0, src.ring_row.reshape(-1)).view(*shape, *row)
+    return torch.where(src.from_batch[..., None, None], from_batch, from_ring)
 
 
 class Compressor(nn.Module):
@@ -34,28 +40,25 @@ class Compressor(nn.Module):
         self.ape = nn.Parameter(torch.zeros(ratio, width, dtype=torch.float32))
         self.norm = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, plan: BatchPlan, store: CompressorStore, inv_freq: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor, plan: BatchPlan, store: CompressorStore, rope: RopeTables) -> None:
         """Project this batch's tokens, emit the entries of every window that closes, and
         update the request rings and page snapshots in `store`."""
         m, d = self.ratio, self.dim
-        kv = self.wkv(x).float()
-        score = self.wgate(x).float() + self.ape[plan.positions % m]
-        rows = torch.stack([kv, score], dim=1)  # [N, 2, width]
-        em = plan.emission(m, self.overlap)
+        score = self.wgate(x).float().add_(self.ape.index_select(0, plan.ape_index[m]))
+        rows = torch.stack([self.wkv(x).float(), score], dim=1)  # [N, 2, width]
+        em = plan.emissions[(m, self.overlap)]
 
-        if em.entry_slots.numel():
+        if em.num_entries:
             slots = _gather_rows(rows, store.ring, em.row_source)  # [E, S, 2, width]
             if self.overlap:  # Ca of the previous window, then Cb of this one
                 slots = torch.cat([slots[:, :m, :, :d], slots[:, m:, :, d:]], dim=1)
-            slot_kv = slots[:, :, 0]
             slot_score = slots[:, :, 1].masked_fill(~em.row_source.valid.unsqueeze(-1), float("-inf"))
-            entries = self.norm(softmax_pool(slot_kv, slot_score))
-            cos, sin = rope_cos_sin(em.entry_pos, inv_freq)
-            store.entries[em.entry_slots] = apply_rope(entries, cos, sin).to(store.entries.dtype)
+            entries = self.norm(softmax_pool(slots[:, :, 0], slot_score))
+            entries = apply_rope_(entries, rope.entries(m, self.overlap))
+            store.entries.index_copy_(0, em.entry_slots, entries.to(store.entries.dtype))
 
-        if em.snapshot_source is not None and em.snapshot_pages.numel():
+        if em.num_snapshots:
             last = _gather_rows(rows, store.ring, em.snapshot_source)  # [P, m, 2, width]
             store.snapshots[em.snapshot_pages] = last[..., :d]
 
-        if em.ring_dest.numel():
-            store.ring.view(-1, *store.ring.shape[2:])[em.ring_dest] = rows[em.ring_src]
+        store.ring.view(-1, *rows.shape[1:]).index_copy_(0, em.ring_dest, rows.index_select(0, em.ring_src))

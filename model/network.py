@@ -13,7 +13,7 @@ from .config import ModelConfig
 from .kv_cache import LayerCache, V4KVCache
 from .moe import MoE
 from .norm import RMSNorm
-from .positional import BatchRope, RopeFrequencies
+from .positional import RopeFrequencies, RopeTables
 
 
 def _hc_params(module: nn.Module, prefix: str, cfg: ModelConfig) -> None:
@@ -41,7 +41,7 @@ class Block(nn.Module):
                       getattr(self, f"{prefix}_base"), c.rms_norm_eps, c.hc_eps, c.hc_sinkhorn_iters)
 
     def forward(self, streams: torch.Tensor, input_ids: torch.Tensor, plan: BatchPlan, cache: LayerCache,
-                rope: BatchRope) -> torch.Tensor:
+                rope: RopeTables) -> torch.Tensor:
         x, post, comb = self._mix(streams, "hc_attn")
         streams = hc_post(self.attn(self.attn_norm(x), plan, cache, rope), streams, post, comb)
         x, post, comb = self._mix(streams, "hc_ffn")
@@ -72,16 +72,17 @@ class DeepseekV4(nn.Module):
         """Run one ragged batch, updating `cache`; returns fp32 logits of the requested tokens
         (each request's last token, or all tokens with `batch.all_logits`)."""
         cfg = self.cfg
-        plan = BatchPlan(batch, cfg, cache.page_size)
+        plan = BatchPlan(batch, cfg, cache.page_size, self.device)
         if self._rope.main.device != self.device:
             self._rope.to(self.device)
-        rope = BatchRope(self._rope, plan.positions)
-        ids = batch.input_ids
+        rope = RopeTables(self._rope, plan)
+        ids = plan.input_ids
         streams = self.embed(ids).unsqueeze(1).expand(-1, cfg.hc_mult, -1).contiguous()
         layer_cache: LayerCache
         for block, layer_cache in zip(self.layers, cache.layers):
             streams = block(streams, ids, plan, layer_cache, rope)
-        streams = streams[plan.logit_index]
+        if plan.logit_rows is not None:
+            streams = streams.index_select(0, plan.logit_rows)
         hidden = hc_head(streams, self.hc_head_fn, self.hc_head_scale, self.hc_head_base,
                          cfg.rms_norm_eps, cfg.hc_eps)
         return self.head(self.norm(hidden)).float()

@@ -1,10 +1,11 @@
-"""The two RoPE tables of V4, evaluated at one batch's token positions."""
+"""The two RoPE tables of V4, evaluated once per forward at one batch's positions."""
 
 from __future__ import annotations
 
 import torch
 
-from ..kernels.rope import rope_cos_sin, rope_inv_freq
+from ..kernels.rope import rope_inv_freq, rope_table
+from .batch import BatchPlan
 from .config import SWA, ModelConfig
 
 
@@ -26,13 +27,27 @@ class RopeFrequencies:
         return self
 
 
-class BatchRope:
-    """cos/sin of both tables at the positions of one batch."""
+class RopeTables:
+    """Rotation tables of one forward, shared by every layer: each kind at the token
+    positions with its inverse, and the compressed kind at the entry positions of each
+    emission plan."""
 
-    def __init__(self, freqs: RopeFrequencies, positions: torch.Tensor) -> None:
-        self.compress_inv_freq = freqs.compress
-        self._tables = {"main": rope_cos_sin(positions, freqs.main),
-                        "compress": rope_cos_sin(positions, freqs.compress)}
+    def __init__(self, freqs: RopeFrequencies, plan: BatchPlan) -> None:
+        self._freqs, self._plan = freqs, plan
+        self._tables = {}
+        for name, inv_freq in (("main", freqs.main), ("compress", freqs.compress)):
+            table = rope_table(plan.positions, inv_freq)
+            self._tables[name] = (table, table.conj_physical())
+        self._entries: dict[tuple[int, bool], torch.Tensor] = {}
 
     def for_kind(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rotation, inverse rotation) `[N, rope_dim // 2]` for a layer kind."""
         return self._tables["main" if kind == SWA else "compress"]
+
+    def entries(self, ratio: int, overlap: bool) -> torch.Tensor:
+        """`[E, rope_dim // 2]` rotations of the entries that compressors of this kind emit
+        in this batch (entry w sits at position w * ratio)."""
+        key = (ratio, overlap)
+        if key not in self._entries:
+            self._entries[key] = rope_table(self._plan.emissions[key].entry_pos, self._freqs.compress)
+        return self._entries[key]

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from banyan.kernels.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from banyan.kernels.rope import apply_rope_, rope_inv_freq, rope_table
 from banyan.model.config import ModelConfig
 
 
@@ -26,19 +26,21 @@ def test_yarn_frequencies_match_spec_and_transformers():
 
 def test_interleaved_rotation_and_inverse():
     x = torch.randn(5, 3, 16)
-    pos = torch.arange(5) * 7
-    cos, sin = rope_cos_sin(pos, rope_inv_freq(8, 10000.0))
-    y = apply_rope(x, cos, sin)
+    table = rope_table(torch.arange(5) * 7, rope_inv_freq(8, 10000.0))
+    y = apply_rope_(x.clone(), table)
     assert torch.equal(y[..., :8], x[..., :8])  # only the trailing dims rotate
     # pair (8, 9) of token 1 rotates by angle 7 * theta^0 = 7
     c, s = math.cos(7), math.sin(7)
     assert torch.allclose(y[1, :, 8], x[1, :, 8] * c - x[1, :, 9] * s, atol=1e-6)
     assert torch.allclose(y[1, :, 9], x[1, :, 8] * s + x[1, :, 9] * c, atol=1e-6)
-    assert torch.allclose(apply_rope(y, cos, sin, inverse=True), x, atol=1e-5)
+    assert torch.allclose(apply_rope_(y.clone(), table.conj()), x, atol=1e-5)
+    # bf16 rotates in fp32 and rounds once
+    yb = apply_rope_(x.bfloat16(), table)
+    assert torch.equal(yb, apply_rope_(x.bfloat16().float(), table).bfloat16())
     # relative: <rope(q, t), rope(k, j)> depends only on t - j
     q, k = torch.randn(16), torch.randn(16)
+
     def dot(t, j):
-        ct, st = rope_cos_sin(torch.tensor([t, j]), rope_inv_freq(8, 10000.0))
-        r = apply_rope(torch.stack([q, k]), ct, st)
+        r = apply_rope_(torch.stack([q, k]), rope_table(torch.tensor([t, j]), rope_inv_freq(8, 10000.0)))
         return (r[0, 8:] @ r[1, 8:]).item()
     assert abs(dot(10, 3) - dot(107, 100)) < 1e-4

