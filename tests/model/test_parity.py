@@ -111,3 +111,35 @@ def test_bf16_model_tracks_fp32(tiny_official):
     # token's logits: bound the mean and all but the worst 5% tightly
     assert cos.mean() > 0.995 and cos.quantile(0.05) > 0.97
     assert (runs[torch.float32].argmax(-1) == runs[torch.bfloat16].argmax(-1)).float().mean() > 0.8
+
+
+def _with_index_topk(model, topk: int):
+    from banyan.model.network import DeepseekV4
+
+    other = DeepseekV4(model.cfg.replace(index_topk=topk))
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+def test_index_topk_really_limits_attention(tiny_model, oracle_logits):
+    """Top-16 of 130 visible CSA entries matches the oracle (above); top-1 must then change
+    every logit row that sees more than one entry, and none that sees at most one."""
+    ids = random_prompt(LONG, seed=1)
+    top16 = SimpleSession(tiny_model, max_tokens=LONG, max_requests=1).prefill(0, ids, all_logits=True)
+    top1 = SimpleSession(_with_index_topk(tiny_model, 1), max_tokens=LONG, max_requests=1).prefill(
+        0, ids, all_logits=True)
+    ratio = tiny_model.cfg.csa_ratio
+    one_entry = 2 * ratio - 1  # positions below see at most one compressed entry
+    assert max_diff(top1[:one_entry], top16[:one_entry]) <= 1e-5
+    changed = (top1[one_entry:] - top16[one_entry:]).abs().amax(-1)
+    assert changed.min() > 1e-3
+    assert max_diff(top16, oracle_logits(ids)) <= TOL
+
+
+@pytest.mark.slow
+def test_long_prompt_with_far_more_entries_than_topk_matches_oracle(tiny_model, oracle_logits):
+    """2K tokens: 512 CSA entries against a top-16, prefilled in chunks of 512."""
+    ids = random_prompt(2048, seed=11)
+    logits = SimpleSession(tiny_model, max_tokens=2048, max_requests=1).prefill(0, ids, chunk_size=512,
+                                                                               all_logits=True)
+    assert max_diff(logits, oracle_logits(ids)) <= TOL
