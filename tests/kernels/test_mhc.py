@@ -20,3 +20,32 @@ def test_sinkhorn_comb_is_doubly_stochastic_and_mixing_is_exact():
     expected = post[:, k, None] * out + sum(comb[:, j, k, None] * x[:, j] for j in range(n))
     assert torch.allclose(y[:, k], expected, atol=1e-5)
     assert collapsed.shape == (t, d)
+
+
+def spec_hc_pre(x, fn, scale, base, norm_eps, eps, iters):
+    """docs/dsv4-spec.md §5.2, written out op by op."""
+    n = x.shape[1]
+    xf = x.flatten(1).float()
+    m = (xf @ fn.T) * torch.rsqrt(xf.square().mean(-1, keepdim=True) + norm_eps)
+    pre = torch.sigmoid(m[:, :n] * scale[0] + base[:n]) + eps
+    post = 2 * torch.sigmoid(m[:, n:2 * n] * scale[1] + base[n:2 * n])
+    c = (m[:, 2 * n:] * scale[2] + base[2 * n:]).view(-1, n, n).softmax(-1) + eps
+    c = c / (c.sum(-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        c = c / (c.sum(-1, keepdim=True) + eps)
+        c = c / (c.sum(-2, keepdim=True) + eps)
+    return (pre.unsqueeze(-1) * x.float()).sum(1).to(x.dtype), post, c
+
+
+def test_hc_pre_equals_the_spec_formula_to_fp32_rounding():
+    gen = torch.Generator().manual_seed(1)
+    n, d = 4, 48
+    fn = torch.randn((2 + n) * n, n * d, generator=gen) * 0.05
+    base = torch.randn((2 + n) * n, generator=gen)
+    scale = torch.tensor([1.0, 0.5, 3.0])  # a sharp comb: Sinkhorn has work to do
+    for t, dtype in ((1, torch.float32), (7, torch.float32), (5, torch.bfloat16)):
+        x = torch.randn(t, n, d, generator=gen).to(dtype)
+        ours, spec = hc_pre(x, fn, scale, base, 1e-6, 1e-6, 20), spec_hc_pre(x, fn, scale, base, 1e-6, 1e-6, 20)
+        for a, b in zip(ours, spec):
+            tol = 1e-5 if a.dtype == torch.float32 else 1e-2
+            assert torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
