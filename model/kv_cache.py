@@ -34,6 +34,13 @@ class CacheShape:
     num_pages: int  # pages of compressed entries and overlap snapshots
     num_swa_pages: int  # pages of sliding-window KV
     max_requests: int  # compressor ring slots (one per running request)
+    max_draft_tokens: int = 0  # speculative drafts verified per step (sizes the compressor rings)
+
+    def ring_rows(self, window: int) -> int:
+        """Ring rows of a compressor that pools `window` rows: a verify step writes up to
+        `max_draft_tokens` positions past the last committed one, and the next window still
+        needs the `window` rows before it, so the ring holds `window + K - 1` rows."""
+        return window + max(self.max_draft_tokens - 1, 0)
 
 
 class CompressorStore:
@@ -45,7 +52,8 @@ class CompressorStore:
         self.dim = dim
         self.overlap = overlap
         width = 2 * dim if overlap else dim
-        self.ring_size = 2 * ratio if overlap else ratio
+        self.window = 2 * ratio if overlap else ratio  # rows pooled into one entry
+        self.ring_size = shape.ring_rows(self.window)
         self.entries = torch.zeros(shape.num_pages * (shape.page_size // ratio), dim, dtype=dtype, device=device)
         # [slot, position % S, (kv, score), width]
         self.ring = torch.zeros(shape.max_requests, self.ring_size, 2, width, dtype=torch.float32, device=device)

@@ -72,7 +72,8 @@ class DeepseekV4(nn.Module):
         """Run one ragged batch, updating `cache`; returns fp32 logits of the requested tokens
         (each request's last token, or all tokens with `batch.all_logits`)."""
         cfg = self.cfg
-        plan = BatchPlan(batch, cfg, cache.page_size, self.device)
+        plan = BatchPlan(batch, cfg, cache.page_size, self.device,
+                         ring_extra=cache.shape.ring_rows(0))
         if self._rope.main.device != self.device:
             self._rope.to(self.device)
         rope = RopeTables(self._rope, plan)

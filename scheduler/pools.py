@@ -55,15 +55,16 @@ class PoolSizes:
     def max_tokens(self) -> int:
         return self.num_pages * self.page_size
 
-    def cache_shape(self) -> CacheShape:
+    def cache_shape(self, max_draft_tokens: int = 0) -> CacheShape:
         """The shape of the model storage these pools allocate from."""
-        return CacheShape(self.page_size, self.num_pages, self.num_swa_pages, self.max_requests)
+        return CacheShape(self.page_size, self.num_pages, self.num_swa_pages, self.max_requests, max_draft_tokens)
 
 
-def min_swa_pages(cfg: ModelConfig, page_size: int, max_requests: int, chunk_tokens: int) -> int:
+def min_swa_pages(cfg: ModelConfig, page_size: int, max_requests: int, chunk_tokens: int,
+                  draft_tokens: int = 0) -> int:
     """Sliding-window pages the scheduler needs to make progress: every running request's
-    window plus one prefill chunk."""
-    window = -(-cfg.sliding_window // page_size) + 1
+    window (and speculative lookahead) plus one prefill chunk."""
+    window = -(-(cfg.sliding_window + draft_tokens) // page_size) + 1
     return max_requests * window + -(-chunk_tokens // page_size)
 
 

@@ -80,6 +80,9 @@ class Scheduler:
             raise ValueError(f"waiting_share must be in [0, 1), got {waiting_share}")
         if num_draft_tokens < 0 or (num_draft_tokens and runner.drafter is None):
             raise ValueError(f"num_draft_tokens={num_draft_tokens} needs a runner with a drafter")
+        if runner.kv.shape.max_draft_tokens < num_draft_tokens:
+            raise ValueError(f"the runner's compressor rings are sized for {runner.kv.shape.max_draft_tokens} "
+                             f"drafts, not {num_draft_tokens}")
         if runner.page_size != pools.page_size:
             raise ValueError(f"the runner's page size {runner.page_size} differs from the pools' {pools.page_size}")
         self.runner = runner
@@ -93,7 +96,7 @@ class Scheduler:
         self.decode_text = decode_text
         self.debug_integrity = check_integrity
         self.num_draft_tokens = num_draft_tokens
-        need = min_swa_pages(self.cfg, self.page_size, 1, chunked_prefill_size)
+        need = min_swa_pages(self.cfg, self.page_size, 1, chunked_prefill_size, num_draft_tokens)
         if pools.swa_pages.capacity < need:
             raise ValueError(f"the sliding-window pool has {pools.swa_pages.capacity} pages; one request with "
                              f"{chunked_prefill_size}-token prefill chunks needs {need}")

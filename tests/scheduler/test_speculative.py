@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from banyan.model.kv_cache import V4KVCache
 from banyan.model.runner import ModelRunner
 from banyan.scheduler.pools import MemoryPools, PoolSizes
 from banyan.scheduler.request import Request
@@ -36,10 +37,13 @@ class ScriptedDrafter:
         return drafts, None
 
 
+SIZES = PoolSizes(P, 40, 40, 8)
+
+
 def spec_scheduler(model, drafter, k, **kwargs) -> Scheduler:
-    sizes = PoolSizes(P, kwargs.pop("pages", 40), kwargs.pop("pages", 40), kwargs.pop("slots", 8))
-    return Scheduler(ModelRunner(model, sizes.cache_shape(), drafter=drafter), MemoryPools(sizes),
-                     chunked_prefill_size=kwargs.pop("chunk", 256), num_draft_tokens=k, check_integrity=True, **kwargs)
+    runner = ModelRunner(model, SIZES.cache_shape(k), drafter=drafter)
+    return Scheduler(runner, MemoryPools(SIZES), chunked_prefill_size=256, num_draft_tokens=k, check_integrity=True,
+                     **kwargs)
 
 
 def prompts_crossing_boundaries() -> dict[str, list[int]]:
@@ -47,14 +51,16 @@ def prompts_crossing_boundaries() -> dict[str, list[int]]:
     return {"a": random_prompt(100, seed=11), "b": random_prompt(240, seed=12), "c": random_prompt(5, seed=13)}
 
 
-RING_TOO_SMALL = pytest.mark.xfail(strict=True, reason="compressor rings hold 2m / m rows: exact for one draft only")
-
-
-@pytest.mark.parametrize("k, wrong", [(1, 0.3), pytest.param(3, 0.3, marks=RING_TOO_SMALL), (3, 0.0), (2, 1.0)])
-def test_greedy_speculative_output_equals_plain_decoding(tiny_model, k, wrong):
+@pytest.fixture(scope="module")
+def plain_outputs(tiny_model):
     prompts = prompts_crossing_boundaries()
     plain = run_all(make_scheduler(tiny_model), prompts, max_new=40, logprob=False)
-    refs = {rid: r.output_ids for rid, r in plain.items()}
+    return prompts, {rid: r.output_ids for rid, r in plain.items()}
+
+
+@pytest.mark.parametrize("k, wrong", [(1, 0.3), (3, 0.3), (3, 0.0), (2, 1.0)])
+def test_greedy_speculative_output_equals_plain_decoding(tiny_model, plain_outputs, k, wrong):
+    prompts, refs = plain_outputs
     drafter = ScriptedDrafter(prompts, refs, wrong, seed=k)
     sched = spec_scheduler(tiny_model, drafter, k)
     spec = run_all(sched, prompts, max_new=40, logprob=False)
@@ -68,6 +74,15 @@ def test_greedy_speculative_output_equals_plain_decoding(tiny_model, k, wrong):
     if wrong == 1.0:
         assert st.spec_accepted_tokens == 0
     assert sched.flush_cache() and sched.pools.is_full()
+
+
+def test_rings_one_row_short_of_window_plus_k_minus_1_corrupt_the_state(tiny_model, plain_outputs):
+    """The ring bound is what makes rollback exact: one row fewer and outputs diverge."""
+    prompts, refs = plain_outputs
+    sched = spec_scheduler(tiny_model, ScriptedDrafter(prompts, refs, 0.3, seed=3), 3)
+    sched.runner.kv = V4KVCache(tiny_model.cfg, SIZES.cache_shape(2))  # rings of window + 1 rows
+    spec = run_all(sched, prompts, max_new=40, logprob=False)
+    assert any(spec[rid].output_ids != refs[rid] for rid in prompts)
 
 
 def test_a_stop_inside_an_accepted_block_truncates_it(tiny_model):
@@ -96,7 +111,10 @@ def test_requests_with_penalties_decode_one_token_per_step(tiny_model):
     assert len(req.output_ids) == 6 and sched.stats.spec_verify_steps == 0 and drafter.calls == 0
 
 
-def test_speculation_needs_a_drafter(tiny_model):
+def test_speculation_needs_a_drafter_and_rings_to_match(tiny_model):
     sizes = PoolSizes(P, 10, 10, 2)
     with pytest.raises(ValueError, match="drafter"):
-        Scheduler(ModelRunner(tiny_model, sizes.cache_shape()), MemoryPools(sizes), num_draft_tokens=2)
+        Scheduler(ModelRunner(tiny_model, sizes.cache_shape(2)), MemoryPools(sizes), num_draft_tokens=2)
+    with pytest.raises(ValueError, match="sized for 1 drafts, not 2"):
+        Scheduler(ModelRunner(tiny_model, sizes.cache_shape(1), drafter=ScriptedDrafter({}, {}, 0)),
+                  MemoryPools(sizes), num_draft_tokens=2)
