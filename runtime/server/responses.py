@@ -16,6 +16,7 @@ Output: a `reasoning` item (its text as `reasoning_text` content), `message` ite
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -228,7 +229,8 @@ class OutputItems:
     def _start(self, item: dict) -> list[dict]:
         self._open = item
         self.items.append(item)
-        return [{"type": "response.output_item.added", "output_index": len(self.items) - 1, "item": dict(item)}]
+        return [{"type": "response.output_item.added", "output_index": len(self.items) - 1,
+                 "item": copy.deepcopy(item)}]  # as it is now: its content is filled in later
 
     def _close(self, status: str) -> list[dict]:
         item, self._open = self._open, None
@@ -248,7 +250,7 @@ class OutputItems:
                         "content_index": 0, "text": part["text"], **extra})
             out.append({"type": "response.content_part.done", "item_id": item["id"], "output_index": index,
                         "content_index": 0, "part": dict(part)})
-        out.append({"type": "response.output_item.done", "output_index": index, "item": dict(item)})
+        out.append({"type": "response.output_item.done", "output_index": index, "item": copy.deepcopy(item)})
         return out
 
     def _item_event(self, kind: str, **fields: Any) -> dict:

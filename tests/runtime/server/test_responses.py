@@ -48,6 +48,8 @@ def test_stream_events_spell_the_created_response(client, effort):
     assert [o.type for o in final.output] == [o.type for o in whole.output] == [item]
     streamed = "".join(e.delta for e in events if e.type == delta)
     assert streamed == final.output[0].content[0].text == whole.output[0].content[0].text
+    if effort == "none":  # the helper's running snapshot is built from the added item and part events
+        assert [e for e in events if e.type == delta][-1].snapshot == streamed
     reasoning = whole.usage.output_tokens_details.reasoning_tokens
     assert reasoning == (whole.usage.output_tokens if effort == "high" else 0)
     assert final.usage.output_tokens_details.reasoning_tokens == reasoning
