@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -23,11 +24,58 @@ SCORE_BUDGET = 4 << 20  # bytes of head-wise dot products per slab (cache-sized:
 
 
 @dataclass
+class _Slab:
+    """A block of one group's queries scored at once (host facts decide what it needs)."""
+
+    rows: slice  # group rows
+    queries: slice  # query columns
+    tokens: torch.Tensor  # [g * n] flat token index
+    width: int  # leading candidates any of its queries sees
+    hidden: torch.Tensor | None  # [g, n, width] candidates a query may not pick (None: it sees all)
+    short: bool  # some query sees fewer than top-k candidates
+
+
+@dataclass
 class QueryGroup:
     tokens: torch.Tensor  # [G, Tq] rows of q (flat token index)
     candidates: torch.Tensor  # [G, E] key-pool rows of each row's entries in order, -1 past its last
     visible: torch.Tensor  # [G, Tq] how many leading candidates each query may pick
     visible_host: np.ndarray  # the same on the host: slabs score only candidates some query sees
+
+    def __post_init__(self) -> None:
+        self._slabs: dict[tuple[int, int], list[_Slab]] = {}
+
+    @cached_property
+    def safe_candidates(self) -> torch.Tensor:
+        return self.candidates.clamp(min=0)
+
+    def slabs(self, heads: int, topk: int) -> list[_Slab]:
+        """The blocks of `SCORE_BUDGET` dot products, planned once per group (every CSA layer
+        of a forward shares its groups)."""
+        key = (heads, topk)
+        if key not in self._slabs:
+            self._slabs[key] = list(self._plan_slabs(heads, topk))
+        return self._slabs[key]
+
+    def _plan_slabs(self, heads: int, topk: int):
+        g, tq = self.tokens.shape
+        e = self.candidates.shape[1]
+        if e == 0:
+            return
+        tq_step = min(tq, max(1, SCORE_BUDGET // (heads * e * 4)))
+        g_step = min(g, max(1, SCORE_BUDGET // (tq_step * heads * e * 4)))
+        for g0 in range(0, g, g_step):
+            for t0 in range(0, tq, tq_step):
+                rows, queries = slice(g0, min(g, g0 + g_step)), slice(t0, min(tq, t0 + tq_step))
+                seen = self.visible_host[rows, queries]
+                width = int(seen.max())  # candidates beyond are hidden from all its queries
+                if width == 0:
+                    continue
+                hidden = None
+                if (seen < width).any():
+                    hidden = torch.arange(width, device=self.visible.device) >= self.visible[rows, queries].unsqueeze(-1)
+                yield _Slab(rows, queries, self.tokens[rows, queries].reshape(-1), width, hidden,
+                            bool((seen < topk).any()))
 
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, groups: Sequence[QueryGroup],
@@ -38,30 +86,28 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gro
     t, h, d = q.shape
     width = min(topk, max((g.candidates.shape[1] for g in groups), default=0))
     out = torch.full((t, width), -1, dtype=torch.long, device=q.device)
+    q, weights = _f32(q), _f32(weights)
     for group in groups:
-        g, tq = group.tokens.shape
-        e = group.candidates.shape[1]
-        if min(topk, e) == 0:
+        g, e = group.candidates.shape
+        slabs = group.slabs(h, topk)
+        if not slabs:
             continue
-        pool = keys.index_select(0, group.candidates.clamp(min=0).view(-1)).view(g, e, d).float()  # [G, E, d]
-        tq_step = min(tq, max(1, SCORE_BUDGET // (h * e * 4)))
-        g_step = min(g, max(1, SCORE_BUDGET // (tq_step * h * e * 4)))
-        for g0 in range(0, g, g_step):
-            g1 = min(g, g0 + g_step)
-            for t0 in range(0, tq, tq_step):
-                t1 = min(tq, t0 + tq_step)
-                es = int(group.visible_host[g0:g1, t0:t1].max())  # candidates beyond are hidden from all
-                k = min(topk, es)
-                if k == 0:
-                    continue
-                tokens = group.tokens[g0:g1, t0:t1].reshape(-1)
-                n = t1 - t0
-                qs = q.index_select(0, tokens).view(g1 - g0, n * h, d).float()
-                dots = torch.bmm(qs, pool[g0:g1, :es].transpose(1, 2)).relu_()  # [g, n*H, es]
-                ws = weights.index_select(0, tokens).view(-1, 1, h).float()
-                scores = torch.bmm(ws, dots.view(-1, h, es)).view(g1 - g0, n, es)  # [g, n, es]
-                hidden = torch.arange(es, device=q.device) >= group.visible[g0:g1, t0:t1].unsqueeze(-1)
-                vals, local = scores.masked_fill_(hidden, float("-inf")).topk(k, dim=-1)  # best first
-                rows = group.candidates[g0:g1].gather(1, local.view(g1 - g0, n * k)).view(-1, k)
-                out[:, :k].index_copy_(0, tokens, rows.masked_fill_(vals.view(-1, k) == float("-inf"), -1))
+        pool = _f32(keys.index_select(0, group.safe_candidates.view(-1)).view(g, e, d))  # [G, E, d]
+        for slab in slabs:
+            gn, k = slab.rows.stop - slab.rows.start, min(topk, slab.width)
+            qs = q.index_select(0, slab.tokens).view(gn, -1, d)  # [g, n*H, d]
+            dots = torch.bmm(qs, pool[slab.rows, :slab.width].transpose(1, 2)).relu_()  # [g, n*H, width]
+            scores = torch.bmm(weights.index_select(0, slab.tokens).unsqueeze(1),
+                               dots.view(-1, h, slab.width)).view(gn, -1, slab.width)  # [g, n, width]
+            if slab.hidden is not None:
+                scores.masked_fill_(slab.hidden, float("-inf"))
+            vals, local = scores.topk(k, dim=-1)  # best first
+            rows = group.candidates[slab.rows].gather(1, local.view(gn, -1)).view(-1, k)
+            if slab.short:
+                rows.masked_fill_(vals.view(-1, k) == float("-inf"), -1)
+            out[:, :k].index_copy_(0, slab.tokens, rows)
     return out
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()

@@ -22,24 +22,25 @@ from .norm import rms_norm
 
 
 @lru_cache(maxsize=None)
-def _constants(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ones `[1, n, 1]`, ones `[1, 1, n]`, which of `scale[0:2]` scales each of the 2n gates)."""
-    gate_scale = torch.arange(2, device=device).repeat_interleave(n)
-    return torch.ones(1, n, 1, device=device), torch.ones(1, 1, n, device=device), gate_scale
+def _constants(n: int, eps: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(ones `[1, n, 1]`, ones `[1, 1, n]`, eps `[1, 1, 1]`, which of the 3 scales scales each
+    of the `(2 + n) * n` mixing coefficients)."""
+    which_scale = torch.tensor([0] * n + [1] * n + [2] * n * n, device=device)
+    return (torch.ones(1, n, 1, device=device), torch.ones(1, 1, n, device=device),
+            torch.full((1, 1, 1), eps, device=device), which_scale)
 
 
 def _mix_inputs(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:
     """`fn . rms_norm(flatten(streams))`: `[T, n*D] -> [T, fn rows]` in fp32."""
-    return F.linear(rms_norm(streams.flatten(1).float(), None, norm_eps), fn.float())
+    return F.linear(rms_norm(_f32(streams.flatten(1)), None, norm_eps), _f32(fn))
 
 
 def sinkhorn(comb: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
     """`iters` normalisations of positive `[T, n, n]` matrices: one of the columns, then
     (rows, columns) pairs, each `x / (sum + eps)`. In place (and into reused buffers)."""
     t, n, _ = comb.shape
-    ones_col, ones_row, _ = _constants(n, comb.device)
+    ones_col, ones_row, eps_t, _ = _constants(n, eps, comb.device)
     ones_col, ones_row = ones_col.expand(t, n, 1), ones_row.expand(t, 1, n)
-    eps_t = comb.new_full((1, 1, 1), eps)
     row_sums, col_sums = comb.new_empty(t, n, 1), comb.new_empty(t, 1, n)
     torch.div(comb, torch.baddbmm(eps_t, ones_row, comb, out=col_sums), out=comb)
     for _ in range(iters - 1):
@@ -53,13 +54,12 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns `(collapsed [T, D], post [T, n], comb [T, n, n])`."""
     t, n, _ = streams.shape
-    mix = _mix_inputs(streams, fn, norm_eps)  # [T, (2 + n) * n]
-    scale, base = scale.float(), base.float()
-    gate_scale = scale.index_select(0, _constants(n, streams.device)[2])  # [2n]: scale[0] x n, scale[1] x n
-    gates = torch.sigmoid(torch.addcmul(base[:2 * n], mix[:, :2 * n], gate_scale))
+    which_scale = _constants(n, eps, streams.device)[3]
+    z = torch.addcmul(_f32(base), _mix_inputs(streams, fn, norm_eps), _f32(scale).index_select(0, which_scale))
+    gates = torch.sigmoid(z[:, :2 * n])  # [T, 2n]: pre, post
     pre, post = gates[:, :n] + eps, gates[:, n:] * 2
-    comb = torch.softmax(torch.addcmul(base[2 * n:], mix[:, 2 * n:], scale[2]).view(t, n, n), dim=-1) + eps
-    collapsed = torch.bmm(pre.unsqueeze(1), streams.float()).squeeze(1)  # [T, D]
+    comb = torch.softmax(z[:, 2 * n:].view(t, n, n), dim=-1) + eps
+    collapsed = torch.bmm(pre.unsqueeze(1), _f32(streams)).squeeze(1)  # [T, D]
     return collapsed.to(streams.dtype), post, sinkhorn(comb, eps, sinkhorn_iters)
 
 
@@ -74,6 +74,9 @@ def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,
 def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
             norm_eps: float, eps: float) -> torch.Tensor:
     """Collapse the streams once more after the last layer: `[T, n, D] -> [T, D]`."""
-    mix = _mix_inputs(streams, fn, norm_eps)  # [T, n]
-    pre = torch.sigmoid(torch.addcmul(base.float(), mix, scale.float())) + eps
-    return torch.bmm(pre.unsqueeze(1), streams.float()).squeeze(1).to(streams.dtype)
+    pre = torch.sigmoid(torch.addcmul(_f32(base), _mix_inputs(streams, fn, norm_eps), _f32(scale))) + eps  # [T, n]
+    return torch.bmm(pre.unsqueeze(1), _f32(streams)).squeeze(1).to(streams.dtype)
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()

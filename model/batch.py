@@ -73,14 +73,15 @@ class RowSource:
 
 @dataclass
 class EmissionPlan:
-    """Where the rows of the compressor windows closing in this batch come from."""
+    """What the compressors of one kind write in this batch: ring rows always, and where the
+    rows of the windows (entries) and pages (CSA snapshots) closing in it come from."""
 
-    num_entries: int
-    entry_slots: torch.Tensor  # [E] pool slot of each new entry
-    entry_pos: torch.Tensor  # [E] position of the entry (w * m), for RoPE
-    row_source: RowSource  # [E, S] rows pooled into each entry
     ring_dest: torch.Tensor  # [R] flat ring rows to overwrite
     ring_src: torch.Tensor  # [R] flat token index written there
+    num_entries: int = 0
+    entry_slots: torch.Tensor | None = None  # [E] pool slot of each new entry
+    entry_pos: torch.Tensor | None = None  # [E] position of the entry (w * m), for RoPE
+    row_source: RowSource | None = None  # [E, window] rows pooled into each entry
     num_snapshots: int = 0
     snapshot_pages: torch.Tensor | None = None  # [P] pages closing in this batch (CSA only)
     snapshot_source: RowSource | None = None  # [P, m] rows of each closing page's last window
@@ -123,8 +124,10 @@ def _ragged(counts: np.ndarray, firsts: np.ndarray) -> tuple[np.ndarray, np.ndar
 class BatchPlan:
     """Per-step metadata of one `ForwardBatch` on one device (see the module docstring)."""
 
-    def __init__(self, batch: ForwardBatch, cfg: ModelConfig, page_size: int, device: torch.device) -> None:
-        self.batch, self.cfg, self.page_size = batch, cfg, page_size
+    def __init__(self, batch: ForwardBatch, cfg: ModelConfig, page_size: int, device: torch.device,
+                 ring_extra: int = 0) -> None:
+        """`ring_extra`: compressor ring rows beyond the pooling window (see `CacheShape.ring_rows`)."""
+        self.batch, self.cfg, self.page_size, self.ring_extra = batch, cfg, page_size, ring_extra
         self._pt, self._swa_pt = _host(batch.page_table), _host(batch.swa_page_table)
         self._ext = np.asarray(batch.extend_lens, dtype=np.int64)
         self._prefix = np.asarray(batch.prefix_lens, dtype=np.int64)
@@ -210,30 +213,39 @@ class BatchPlan:
                                             self._slots[req] * ring_size + np.maximum(pos, 0) % ring_size, pos >= 0))
 
     def _add_emission(self, host: _HostBuffer, m: int, overlap: bool):
-        """Queue the emission plan's arrays; returns a builder of the plan from the device views."""
+        """Queue the emission plan's arrays; returns a builder of the plan from the device views.
+        Nothing is queued for what does not happen in this batch (most decode steps close no
+        window and no page)."""
         p, prefix, end = self.page_size, self._prefix, self._end
-        ring_size = 2 * m if overlap else m
-        ent_req, ent_w = _ragged(end // m - prefix // m, prefix // m)  # windows closing in this batch
+        window = 2 * m if overlap else m  # rows pooled into an entry
+        ring_size = window + self.ring_extra  # rows a request's ring holds, addressed by position % ring_size
         keep_from = np.maximum(prefix, end - ring_size)
         ring_req, ring_pos = _ragged(end - keep_from, keep_from)
-        slot_pos = (ent_w * m - (ring_size - m))[:, None] + np.arange(ring_size)
-        h_entries = host.add(np.stack([self._entry_slot(ent_req, ent_w, m), ent_w * m]))
-        h_rows = host.add(self._rows(ent_req[:, None], slot_pos, ring_size))
-        ring = self._rows(ring_req, ring_pos, ring_size)
-        h_ring = host.add(ring[[2, 1]])
+        h_ring = host.add(np.stack([self._slots[ring_req] * ring_size + ring_pos % ring_size,
+                                    self._starts[ring_req] + ring_pos - prefix[ring_req]]))
+        closing = end // m - prefix // m  # windows whose last token is in this batch, per request
+        h_entries = h_rows = None
+        if closing.any():
+            ent_req, ent_w = _ragged(closing, prefix // m)
+            slot_pos = (ent_w * m - (window - m))[:, None] + np.arange(window)
+            h_entries = host.add(np.stack([self._entry_slot(ent_req, ent_w, m), ent_w * m]))
+            h_rows = host.add(self._rows(ent_req[:, None], slot_pos, ring_size))
+        pages = end // p - prefix // p  # page boundaries k*p in (prefix, end]
         h_snap = None
-        if overlap:  # page boundaries k*p in (prefix, end]
-            snap_req, snap_k = _ragged(end // p - prefix // p, prefix // p + 1)
+        if overlap and pages.any():
+            snap_req, snap_k = _ragged(pages, prefix // p + 1)
             last = (snap_k * p - m)[:, None] + np.arange(m)
             h_snap = (host.add(self._pt[snap_req, snap_k - 1]),
                       host.add(self._rows(snap_req[:, None], last, ring_size)))
 
         def build(t: list[torch.Tensor]) -> EmissionPlan:
-            entry_slots, entry_pos = t[h_entries].unbind(0)
             ring_dest, ring_src = t[h_ring].unbind(0)
-            plan = EmissionPlan(len(ent_w), entry_slots, entry_pos, RowSource(t[h_rows]), ring_dest, ring_src)
+            plan = EmissionPlan(ring_dest=ring_dest, ring_src=ring_src)
+            if h_entries is not None:
+                plan.entry_slots, plan.entry_pos = t[h_entries].unbind(0)
+                plan.num_entries, plan.row_source = plan.entry_slots.numel(), RowSource(t[h_rows])
             if h_snap is not None:
-                plan.num_snapshots = len(snap_k)
                 plan.snapshot_pages, plan.snapshot_source = t[h_snap[0]], RowSource(t[h_snap[1]])
+                plan.num_snapshots = plan.snapshot_pages.numel()
             return plan
         return build
