@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import zmq
+from transformers import PreTrainedTokenizerFast
 
 from .protocol import (ControlReply, ErrorOut, RequestMeta, TextBatch, TextOut, TokenBatch, TokenOut,
                        detokenizer_decoder, encode)
@@ -127,12 +128,17 @@ class StopMatcher:
         return min(found, default=None)
 
     def _held(self) -> int:
-        """Length of the longest tail that is a proper prefix of a stop string."""
-        for k in range(min(self.longest - 1, len(self.tail)), 0, -1):
-            suffix = self.tail[-k:]
-            if any(s.startswith(suffix) for s in self.stop):
-                return k
-        return 0
+        """Length of the longest tail that is a proper prefix of a stop string (only the
+        places where a stop string's first character occurs are tried)."""
+        held, n = 0, len(self.tail)
+        for s in self.stop:
+            i = self.tail.find(s[0], max(0, n - len(s) + 1))
+            while i != -1 and n - i > held:
+                if s.startswith(self.tail[i:]):
+                    held = n - i
+                    break
+                i = self.tail.find(s[0], i + 1)
+        return held
 
 
 @dataclass
@@ -168,6 +174,14 @@ class Detokenizer:
         return TextBatch([self.step(item) for item in batch.items])
 
 
+def fast_decode(tok: PreTrainedTokenizerFast) -> Decode:
+    """`tok.decode` without the transformers wrapper's per-call overhead, where that is the same."""
+    if tok.clean_up_tokenization_spaces:
+        return tok.decode
+    backend = tok.backend_tokenizer
+    return lambda ids, skip_special_tokens=True: backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
 def run_detokenizer_process(model_path: str | None, in_addr: str, out_addr: str) -> None:
     logging.basicConfig(level=logging.INFO)
     tok = load_tokenizer(model_path)
@@ -176,7 +190,7 @@ def run_detokenizer_process(model_path: str | None, in_addr: str, out_addr: str)
     recv.bind(in_addr)
     send = ctx.socket(zmq.PUSH)
     send.connect(out_addr)
-    detok = Detokenizer(tok.decode)
+    detok = Detokenizer(fast_decode(tok))
     while True:
         msg = detokenizer_decoder.decode(recv.recv())
         if isinstance(msg, RequestMeta):

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from banyan.runtime.detokenizer_process import (MAX_WINDOW_TOKENS, REPLACEMENT, Detokenizer, IncrementalDecoder,
-                                                StopMatcher, regex_width)
+                                                StopMatcher, fast_decode, regex_width)
 from banyan.runtime.protocol import RequestMeta, TextBatch, TokenBatch, TokenOut
 from banyan.runtime.tokenizer import SPECIAL_IDS, load_tokenizer
 
@@ -59,7 +59,7 @@ def expected_stream(tok, ids: list[int], skip: bool, stop: list[str], stop_regex
 
 
 def run_stream(tok, ids: list[int], skip: bool, stop: list[str], stop_regex: list[str]) -> list[str]:
-    detok = Detokenizer(tok.decode)
+    detok = Detokenizer(fast_decode(tok))  # what the process uses; the reference is tok.decode
     detok.register(RequestMeta("r", stop, skip, stop_regex))
     sent, out = "", []
     for k, token in enumerate(ids):
@@ -176,3 +176,11 @@ def test_one_message_per_step_for_every_request(tok):
     assert out.items[0].token_ids == [a[0]] and out.items[0].logprobs == [-0.5]
     assert out.items[1].text == tok.decode(b[:1]) and out.items[1].finish == {"type": "length"}
     assert set(detok.states) == {"a"}
+
+
+@pytest.mark.parametrize("text, stop, held", [("zabxaba", "abab", 3), ("qaZa", "aXaY", 1), ("qaXa", "aXaY", 3),
+                                              ("abc", "xyz", 0)])
+def test_held_tail_is_the_longest_stop_prefix(text, stop, held):
+    m = StopMatcher([stop], [])
+    assert m.feed(text) == text[:len(text) - held]
+    assert m.feed("", final=True) == text[len(text) - held:]
