@@ -64,13 +64,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         schedule_policy=args.schedule_policy, max_running_requests=args.max_running_requests,
         kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), mem_fraction=args.mem_fraction,
         enable_prefix_cache=not args.disable_radix_cache, max_model_len=args.max_model_len,
-        swa_fraction=args.swa_fraction)
+        swa_fraction=args.swa_fraction,
+        watchdog_timeout=args.watchdog_timeout, grammar_compile_timeout=args.grammar_compile_timeout)
     options.validate()
     hub_id = args.model_path if args.model_path and is_hub_id(args.model_path) else None
     settings = ServerSettings(host=args.host, port=args.port, served_model_name=args.served_model_name or hub_id,
                               api_key=args.api_key, max_queued_requests=args.max_queued_requests,
                               default_thinking=args.default_thinking, max_model_len=args.max_model_len,
-                              log_level=args.log_level)
+                              log_level=args.log_level, max_request_bytes=args.max_request_bytes,
+                              shutdown_timeout=args.shutdown_timeout)
     return serve(options, settings)
 
 
@@ -102,6 +104,15 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-thinking", action="store_true",
                    help="chat requests that do not choose a reasoning mode use thinking mode")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--max-request-bytes", type=int, default=None,
+                   help="request body limit; larger bodies get 413 (default: 32 bytes per token of context + 1 MiB)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds in-flight requests may take to finish before they are aborted")
+    p.add_argument("--watchdog-timeout", type=float, default=300.0,
+                   help="a model step running longer than this many seconds makes the server exit non-zero")
+    p.add_argument("--grammar-compile-timeout", type=float, default=10.0,
+                   help="seconds a response_format / regex / tool grammar may take to compile before its request "
+                        "gets 400")
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:

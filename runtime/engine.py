@@ -6,8 +6,10 @@
     engine.shutdown()
 
 The calling process tokenizes and keeps one queue per request; a receiver thread reads
-the detokenizer's messages and routes them. If a child process dies, every pending and
-later call fails with `EngineDeadError` instead of hanging.
+the detokenizer's messages and routes them. The same thread watches the child processes:
+if one dies, every pending and later call fails with `EngineDeadError` instead of hanging,
+and `on_death` is told which process exited and with what code. A child exits by itself
+when this process dies, so a killed server leaves no orphans.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import shutil
 import tempfile
 import threading
 import uuid
-from typing import Any, AsyncIterator, Iterator
+from multiprocessing.connection import wait
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import msgspec
 import zmq
@@ -110,8 +113,21 @@ def _chunk(o: TextOut) -> dict:
     return {"text": o.text, "output_ids": list(o.token_ids), "meta_info": _meta(o, o.logprobs, o.top_logprobs, o)}
 
 
+def _exit_with_parent() -> None:
+    mp.parent_process().join()  # returns once the parent's end of the spawn pipe closes
+    os._exit(1)
+
+
+def _child_main(target: Callable[..., None], *args: Any) -> None:
+    """A child process's entry: run `target`, exiting as soon as the parent process dies."""
+    threading.Thread(target=_exit_with_parent, daemon=True, name="banyan-parent-watch").start()
+    target(*args)
+
+
 class Engine:
-    def __init__(self, model_path: str | None = None, **options: Any) -> None:
+    def __init__(self, model_path: str | None = None, on_death: Callable[[str], None] | None = None,
+                 **options: Any) -> None:
+        """`on_death(reason)` runs on the receiver thread once, when a child process exits unasked."""
         from ..model.default import default_model_dir
 
         self.options = EngineOptions(model_path=str(model_path or default_model_dir()), **options)
@@ -128,12 +144,15 @@ class Engine:
         spawn = mp.get_context("spawn")
         ready_recv, ready_send = spawn.Pipe(duplex=False)
         self._procs = [
-            spawn.Process(target=run_scheduler_process, args=(self.options, addr["sched"], addr["detok"], ready_send),
+            spawn.Process(target=_child_main, args=(run_scheduler_process, self.options, addr["sched"],
+                                                    addr["detok"], ready_send),
                           daemon=True, name="banyan-scheduler"),
-            spawn.Process(target=run_detokenizer_process, args=(self.options.model_path, addr["detok"],
-                                                                addr["engine"]),
+            spawn.Process(target=_child_main, args=(run_detokenizer_process, self.options.model_path,
+                                                    addr["detok"], addr["engine"]),
                           daemon=True, name="banyan-detokenizer"),
         ]
+        self._on_death = on_death
+        self._reap_lock = threading.Lock()
         for p in self._procs:
             p.start()
         self._pending: dict[str, _Pending] = {}
@@ -178,6 +197,32 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
+    @property
+    def pids(self) -> dict[str, int]:
+        """The child processes by name (for operators, and for tests that kill one)."""
+        return {p.name: p.pid for p in self._procs}
+
+    @property
+    def dead(self) -> str | None:
+        """Why the engine stopped serving (a child exited, or `shutdown`), or None while it serves.
+        It looks at the children itself, so it is right from the moment one exits."""
+        if self._dead is None and not self._closed:
+            self._reap(wait([p.sentinel for p in self._procs], timeout=0))
+        return self._dead
+
+    def _reap(self, ready) -> bool:
+        """Whether a child whose sentinel is in `ready` exited; if so, reap it and fail the engine
+        (once, whichever thread sees it first)."""
+        exited = [p for p in self._procs if p.sentinel in ready]
+        if not exited:
+            return False
+        with self._reap_lock:
+            if self._dead is None:
+                for p in exited:
+                    p.join()  # reaps it, so that its exit code is known
+                self._die(self._exited())
+        return True
+
     def _fail_all(self, reason: str) -> None:
         with self._lock:
             if self._dead is None:
@@ -186,20 +231,37 @@ class Engine:
         for p in pending.values():
             p.put(EngineDeadError(self._dead))
 
+    def _die(self, reason: str) -> None:
+        """A child exited or the receiver failed: fail every call, then tell `on_death`."""
+        if self._closed:  # shutdown() stops the children itself
+            return
+        self._fail_all(reason)
+        if self._on_death is not None:
+            self._on_death(reason)
+
+    def _exited(self) -> str:
+        return "; ".join(f"engine process {p.name} (pid {p.pid}) exited with code {p.exitcode}"
+                         for p in self._procs if not p.is_alive())
+
     def _receive_loop(self) -> None:
+        try:
+            self._route_messages()
+        except Exception as exc:  # a receiver that stops silently would hang every caller
+            self._die(f"the engine's receiver failed: {type(exc).__name__}: {exc}")
+
+    def _route_messages(self) -> None:
         poller = zmq.Poller()
         poller.register(self._recv, zmq.POLLIN)
+        for p in self._procs:  # a process's sentinel becomes readable the moment it exits
+            poller.register(p.sentinel, zmq.POLLIN)
         while not self._closed:
             try:
                 events = dict(poller.poll(200))
             except zmq.ZMQError:
                 return
-            if not events:
-                dead = [p.name for p in self._procs if not p.is_alive()]
-                if dead:
-                    self._fail_all(f"engine process {', '.join(dead)} exited (exit code "
-                                   f"{[p.exitcode for p in self._procs]})")
-                    return
+            if self._reap(events):
+                return
+            if self._recv not in events:
                 continue
             msg = engine_decoder.decode(self._recv.recv())
             self._route(msg.items if isinstance(msg, TextBatch) else [msg])
@@ -224,31 +286,48 @@ class Engine:
         with self._lock:
             if self._dead is not None:
                 raise EngineDeadError(self._dead)
+            if key in self._pending:
+                raise RequestError(f"request id {key!r} is already in use")
             self._pending[key] = pending
         with self._send_lock:
             self._send.send(encode(msg))
         return pending
 
-    def _requests(self, prompt: str | None, input_ids: list[int] | None, sampling_params: dict | None,
-                  return_logprob: bool, top_logprobs_num: int, logprob_start_len: int,
-                  grammar: GrammarSpec | None) -> list[GenerateRequest]:
+    def _prompt_ids(self, prompt: str | None, input_ids: list[int] | None) -> list[int]:
         if (prompt is None) == (input_ids is None):
             raise ValueError("pass exactly one of prompt or input_ids")
-        ids = list(input_ids) if input_ids is not None else self.tokenizer.encode(prompt, add_special_tokens=False)
+        if input_ids is None:
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        try:
+            ids = msgspec.convert(input_ids, list[int])
+        except msgspec.ValidationError:
+            raise ValueError("input_ids must be a list of integer token ids") from None
+        vocab = self.info["vocab_size"]
+        if any(not 0 <= t < vocab for t in ids):
+            raise RequestError(f"input_ids has a token id outside the vocabulary (0..{vocab - 1})")
+        return ids
+
+    def _requests(self, prompt: str | None, input_ids: list[int] | None, sampling_params: dict | None,
+                  return_logprob: bool, top_logprobs_num: int, logprob_start_len: int,
+                  grammar: GrammarSpec | None, rid: str | None) -> list[GenerateRequest]:
+        ids = self._prompt_ids(prompt, input_ids)
         try:
             params = msgspec.convert(sampling_params or {}, SamplingParams, strict=False)
         except msgspec.ValidationError as exc:
             raise ValueError(f"invalid sampling_params: {exc}") from None
         params.validate(self.tokenizer.vocab_size + len(self.tokenizer.get_added_vocab()))
-        base = uuid.uuid4().hex
+        base = rid or uuid.uuid4().hex
+        names = [rid] if rid and params.n == 1 else [f"{base}-{i}" for i in range(params.n)]
         reqs = []
-        for i in range(params.n):
+        for i, name in enumerate(names):
             p = msgspec.structs.replace(params, n=1, seed=None if params.seed is None else params.seed + i)
-            reqs.append(GenerateRequest(f"{base}-{i}", ids, p, return_logprob, top_logprobs_num,
+            reqs.append(GenerateRequest(name, ids, p, return_logprob, top_logprobs_num,
                                         logprob_start_len if return_logprob else -1, grammar))
         return reqs
 
     def abort(self, rid: str) -> None:
+        if self._dead is not None:  # nothing left to abort, and no scheduler to take the message
+            return
         with self._send_lock:
             self._send.send(encode(AbortRequest(rid)))
 
@@ -262,14 +341,15 @@ class Engine:
 
     def generate(self, prompt: str | None = None, input_ids: list[int] | None = None,
                  sampling_params: dict | None = None, return_logprob: bool = False, top_logprobs_num: int = 0,
-                 stream: bool = False, logprob_start_len: int = -1,
-                 grammar: GrammarSpec | None = None) -> dict | list[dict] | Iterator[dict]:
+                 stream: bool = False, logprob_start_len: int = -1, grammar: GrammarSpec | None = None,
+                 rid: str | None = None) -> dict | list[dict] | Iterator[dict]:
         """Blocking generation. With `n > 1` returns a list; with `stream` an iterator of chunks.
 
         `logprob_start_len >= 0` (with `return_logprob`) also reports the logprobs of the prompt
-        tokens from that position on; `grammar` constrains the output (regex, JSON schema, ...)."""
+        tokens from that position on; `grammar` constrains the output (regex, JSON schema, ...).
+        `rid` names the engine request (with `n > 1`, choice i is `{rid}-{i}`); random by default."""
         reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num,
-                              logprob_start_len, grammar)
+                              logprob_start_len, grammar, rid)
         if stream:
             if len(reqs) != 1:
                 raise ValueError("streaming supports n == 1")
@@ -306,9 +386,10 @@ class Engine:
     async def async_generate(self, prompt: str | None = None, input_ids: list[int] | None = None,
                              sampling_params: dict | None = None, return_logprob: bool = False,
                              top_logprobs_num: int = 0, stream: bool = False, logprob_start_len: int = -1,
-                             grammar: GrammarSpec | None = None) -> dict | list[dict] | AsyncIterator[dict]:
+                             grammar: GrammarSpec | None = None,
+                             rid: str | None = None) -> dict | list[dict] | AsyncIterator[dict]:
         reqs = self._requests(prompt, input_ids, sampling_params, return_logprob, top_logprobs_num,
-                              logprob_start_len, grammar)
+                              logprob_start_len, grammar, rid)
         loop = asyncio.get_running_loop()
         if stream:
             if len(reqs) != 1:

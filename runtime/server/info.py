@@ -6,20 +6,20 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from .chat_prompt import build_chat_prompt
 from .errors import invalid
 from .models import ChatCompletionRequest, DetokenizeRequest, TokenizeRequest
-from .state import banyan_version, get_state
+from .state import ServerState, banyan_version, get_state
 
 router = APIRouter()
 
 
 @router.get("/health")
 async def health(http: Request):
-    state = get_state(http)
-    if state.engine is None:
-        reason = state.startup_error or "starting"
+    reason = get_state(http).unavailable()
+    if reason is not None:
         return JSONResponse({"status": reason}, status_code=503, headers={"Retry-After": "5"})
     return {"status": "ok"}
 
@@ -55,17 +55,23 @@ async def metrics(http: Request):
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, http: Request):
     state = get_state(http)
-    engine = state.ready_engine()
+    state.ready_engine()
     state.check_model(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise invalid("pass exactly one of prompt or messages", "prompt")
-    if body.messages is not None:
-        chat = ChatCompletionRequest(messages=body.messages, chat_template_kwargs=body.chat_template_kwargs)
-        text = build_chat_prompt(chat, state.settings.default_thinking).text
-        tokens = engine.tokenizer.encode(text, add_special_tokens=False)
-    else:
-        tokens = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    tokens = await state.offload(_tokens, state, body)
     return {"tokens": tokens, "count": len(tokens), "max_model_len": state.max_model_len}
+
+
+def _tokens(state: ServerState, body: TokenizeRequest) -> list[int]:
+    if body.messages is None:
+        return state.tokenize(body.prompt, body.add_special_tokens)
+    try:
+        chat = ChatCompletionRequest(messages=body.messages, chat_template_kwargs=body.chat_template_kwargs)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise invalid(f"messages: {first['msg']}", "messages") from None
+    return state.tokenize(build_chat_prompt(chat, state.settings.default_thinking).text, param="messages")
 
 
 @router.post("/detokenize")
@@ -77,4 +83,4 @@ async def detokenize(body: DetokenizeRequest, http: Request):
     bad = [t for t in body.tokens if not 0 <= t < vocab]
     if bad:
         raise invalid(f"token ids outside the vocabulary: {bad[:5]}", "tokens")
-    return {"prompt": engine.tokenizer.decode(body.tokens)}
+    return {"prompt": await state.offload(engine.tokenizer.decode, body.tokens)}

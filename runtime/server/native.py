@@ -57,8 +57,18 @@ def _sampling(raw: Any) -> tuple[dict, GrammarSpec | None]:
         if isinstance(params.get(key), str):
             params[key] = [params[key]]
     if "logit_bias" in params:
-        params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
+        try:
+            params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
+        except (AttributeError, TypeError, ValueError):
+            raise invalid("sampling_params.logit_bias must map token ids to biases",
+                          "sampling_params.logit_bias") from None
     return params, grammar
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"{name} must be an integer", name)
+    return value
 
 
 def _per_prompt(value: Any, count: int, name: str) -> list:
@@ -74,11 +84,15 @@ def _calls(state: ServerState, body: dict) -> tuple[list[list[Call]], bool]:
     text, input_ids = body.get("text"), body.get("input_ids")
     if (text is None) == (input_ids is None):
         raise invalid("pass exactly one of text or input_ids", "text")
-    engine = state.ready_engine()
     if text is not None:
         batched = isinstance(text, list)
-        prompts = [engine.tokenizer.encode(t, add_special_tokens=False) for t in (text if batched else [text])]
+        texts = text if batched else [text]
+        if not all(isinstance(t, str) for t in texts):
+            raise invalid("text must be a string or a list of strings", "text")
+        prompts = [state.tokenize(t, param="text") for t in texts]
     else:
+        if not isinstance(input_ids, list):
+            raise invalid("input_ids must be a list of token ids or a list of such lists", "input_ids")
         batched = bool(input_ids) and isinstance(input_ids[0], list)
         prompts = input_ids if batched else [input_ids]
     if any(not isinstance(p, list) or not p for p in prompts):
@@ -95,9 +109,11 @@ def _calls(state: ServerState, body: dict) -> tuple[list[list[Call]], bool]:
         n = params.pop("n", 1)
         if not isinstance(n, int) or n < 1:
             raise invalid("sampling_params.n must be a positive integer", "sampling_params.n")
-        if start is None or start < 0 or not want:
+        start = -1 if start is None else _int(start, "logprob_start_len")
+        if start < 0 or not want:
             start = -1  # SGLang's default: logprobs of the completion only
-        groups.append(expand(Call(list(ids), params, bool(want), int(top or 0), int(start), grammar), n))
+        top = 0 if top is None else _int(top, "top_logprobs_num")
+        groups.append(expand(Call(list(ids), params, bool(want), top, start, grammar), n))
     return groups, batched
 
 
@@ -137,7 +153,7 @@ async def generate_route(http: Request):
         raise invalid("the request body must be JSON") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
-    groups, batched = _calls(state, body)
+    groups, batched = await state.offload(_calls, state, body)
     calls = [c for g in groups for c in g]
     texts = TokenTexts(state.ready_engine().tokenizer)
     with_text = bool(body.get("return_text_in_logprobs", False))
@@ -145,7 +161,8 @@ async def generate_route(http: Request):
     if body.get("stream"):
         return await start_stream(_events(state, calls, texts, with_text, started))
     outs = await generate(state, http, calls)
-    results = [_response(o, c, texts, with_text, started) for o, c in zip(outs, calls)]
+    results = await state.offload(lambda: [_response(o, c, texts, with_text, started)
+                                           for o, c in zip(outs, calls)])
     return results if batched or len(results) > 1 else results[0]
 
 
@@ -189,6 +206,7 @@ async def server_info(http: Request):
     if state.engine is not None:
         info["max_model_len"] = state.max_model_len
         info["page_size"] = state.engine.info["page_size"]  # resolved when the option left it to the model
+        info["processes"] = state.engine.pids
         info["internal_states"] = [await asyncio.to_thread(state.engine.stats)]
     return info
 

@@ -1,7 +1,9 @@
 """Running engine requests for a route: admission, metrics, client disconnects.
 
 Each choice of a request is one engine request (`n` is expanded here, each choice with
-its own seed), so streaming and non-streaming share one path.
+its own seed), so streaming and non-streaming share one path. Engine requests are named
+after the HTTP request's `x-request-id`: `{id}`, or `{id}-{i}` for the choices of a multi-choice
+request, so that log lines of the scheduler and the server can be matched to a client's request.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, AsyncIterator
 import anyio
 from fastapi import Request
 
+from ..engine import Engine
 from .errors import invalid
+from .middleware import REQUEST_ID
 from .state import ServerState
 
 DISCONNECT_POLL_S = 0.2
@@ -54,16 +58,19 @@ class _Timing:
     first_token: float | None = None
 
 
-def _kwargs(call: Call) -> dict:
+def _kwargs(call: Call, index: int, count: int) -> dict:
+    rid = REQUEST_ID.get() or None
+    if rid is not None and count > 1:
+        rid = f"{rid}-{index}"
     return {"input_ids": call.input_ids, "sampling_params": call.sampling_params,
             "return_logprob": call.return_logprob, "top_logprobs_num": call.top_logprobs_num,
-            "logprob_start_len": call.logprob_start_len, "grammar": call.grammar}
+            "logprob_start_len": call.logprob_start_len, "grammar": call.grammar, "rid": rid}
 
 
-async def _one(state: ServerState, call: Call) -> dict:
+async def _one(state: ServerState, engine: Engine, call: Call, index: int, count: int) -> dict:
     timing = _Timing()
     try:
-        out = await state.ready_engine().async_generate(**_kwargs(call))
+        out = await engine.async_generate(**_kwargs(call, index, count))
     except ValueError as exc:  # bad parameters or a request the scheduler refused
         raise invalid(str(exc)) from None
     state.metrics.observe(out["meta_info"], timing.started, None, time.time())
@@ -72,8 +79,8 @@ async def _one(state: ServerState, call: Call) -> dict:
 
 async def generate(state: ServerState, http: Request, calls: list[Call]) -> list[dict]:
     """Run every call to the end; abort them all if the client disconnects."""
-    state.reserve(len(calls))
-    tasks = [asyncio.ensure_future(_one(state, c)) for c in calls]
+    engine = state.reserve(len(calls))
+    tasks = [asyncio.ensure_future(_one(state, engine, c, i, len(calls))) for i, c in enumerate(calls)]
     try:
         pending = set(tasks)
         while pending:
@@ -104,7 +111,7 @@ async def stream(state: ServerState, calls: list[Call]) -> AsyncIterator[tuple[i
     async def pump(index: int, call: Call) -> None:
         timing = _Timing()
         try:
-            async for chunk in await engine.async_generate(stream=True, **_kwargs(call)):
+            async for chunk in await engine.async_generate(stream=True, **_kwargs(call, index, len(calls))):
                 if timing.first_token is None and chunk["output_ids"]:
                     timing.first_token = time.time()
                 if chunk["meta_info"]["finish_reason"] is not None:

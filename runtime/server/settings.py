@@ -14,3 +14,5 @@ class ServerSettings(msgspec.Struct, kw_only=True):
     default_thinking: bool = False  # reasoning mode when a chat request does not say
     max_model_len: int | None = None  # default: what the KV pools can hold for one request
     log_level: str = "info"
+    max_request_bytes: int | None = None  # request body limit; default: sized for max_model_len (ServerState)
+    shutdown_timeout: float = 30.0  # on SIGTERM: seconds in-flight requests may take to finish
