@@ -227,23 +227,25 @@ class GrammarState:
 
 
 class PendingGrammar:
-    """A request's grammar compiling on a worker thread, due by a deadline."""
+    """A request's grammar compiling on a worker thread. It has `timeout` seconds from the moment
+    its compile starts: neither the wait for a free worker nor the one-time vocabulary index counts."""
 
-    def __init__(self, future: Future, timeout: float) -> None:
-        self._future, self.timeout = future, timeout
-        self._deadline = time.monotonic() + timeout
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.future: Future | None = None
+        self.started: float | None = None  # set by the worker as it starts compiling
 
     def result(self) -> GrammarState | None:
         """The request's grammar state, or None while it is still compiling. Raises GrammarError
-        for an invalid grammar, or one still compiling at the deadline."""
-        if not self._future.done():
-            if time.monotonic() < self._deadline:
+        for an invalid grammar, or one still compiling at its deadline."""
+        if not self.future.done():
+            if self.started is None or time.monotonic() - self.started < self.timeout:
                 return None
             self.cancel()
             raise GrammarError(f"the grammar did not compile within {self.timeout:g} s; simplify it "
                                "(large repetition counts in regex patterns are the usual cause)")
         try:
-            return self._future.result()
+            return self.future.result()
         except GrammarError:
             raise
         except Exception as exc:  # one request's grammar must not take the scheduler down
@@ -252,7 +254,7 @@ class PendingGrammar:
     def cancel(self) -> None:
         """Drop a compile still queued; one already running cannot be interrupted and finishes
         in the background, unused."""
-        self._future.cancel()
+        self.future.cancel()
 
 
 class BackgroundCompiler:
@@ -269,11 +271,14 @@ class BackgroundCompiler:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="banyan-grammar")
 
-    def _state(self, spec: GrammarSpec, prompt_ids: list[int]) -> GrammarState:
+    def _state(self, spec: GrammarSpec, prompt_ids: list[int], pending: PendingGrammar) -> GrammarState:
         with self._lock:
             if self._compiler is None:
                 self._compiler = self._make()
+        pending.started = time.monotonic()
         return self._compiler.new_state(spec, prompt_ids)
 
     def submit(self, spec: GrammarSpec, prompt_ids: list[int]) -> PendingGrammar:
-        return PendingGrammar(self._pool.submit(self._state, spec, prompt_ids), self.timeout)
+        pending = PendingGrammar(self.timeout)
+        pending.future = self._pool.submit(self._state, spec, prompt_ids, pending)
+        return pending

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import threading
 import time
 
 import pytest
 
 from banyan.model.generate import greedy_generate
 from banyan.runtime.engine import Engine, EngineDeadError, RequestError
+from banyan.scheduler.grammar import GrammarSpec
 from banyan.tests.conftest import random_prompt
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_official):
-    eng = Engine(tiny_official, max_running_requests=8, kv_cache_bytes=48 << 20, chunked_prefill_size=256)
+    eng = Engine(tiny_official, max_running_requests=8, kv_cache_bytes=48 << 20, chunked_prefill_size=256,
+                 grammar_compile_timeout=GRAMMAR_TIMEOUT)
     yield eng
     eng.shutdown()
+
+
+GRAMMAR_TIMEOUT = 2.0
+
+
+def string_pattern(repeat: int) -> GrammarSpec:
+    """A JSON string with a bounded-repetition pattern: xgrammar's compile time grows with the square
+    of `repeat` (~1 s at 4,000 and ~8 s at 12,000 on a busy 2-core machine)."""
+    return GrammarSpec("json_schema", json.dumps({"type": "string", "pattern": f"[a-z]{{1,{repeat}}}"}))
 
 
 def wait_idle(engine, timeout=10.0) -> dict:
@@ -105,7 +118,8 @@ def test_abandoned_stream_is_aborted_and_pools_recover(engine):
 
 
 def test_killed_scheduler_fails_pending_calls_quickly(tiny_official):
-    eng = Engine(tiny_official, max_running_requests=2, kv_cache_bytes=32 << 20)
+    deaths: list[str] = []
+    eng = Engine(tiny_official, max_running_requests=2, kv_cache_bytes=32 << 20, on_death=deaths.append)
     try:
         stream = eng.generate(input_ids=random_prompt(50, seed=1), sampling_params={
                                                                                     "ignore_eos": True,
@@ -120,6 +134,9 @@ def test_killed_scheduler_fails_pending_calls_quickly(tiny_official):
         assert time.time() - start < 5
         with pytest.raises(EngineDeadError):
             eng.generate(input_ids=[5], sampling_params={"max_new_tokens": 1})
+        pid = eng.pids["banyan-scheduler"]
+        assert deaths == [f"engine process banyan-scheduler (pid {pid}) exited with code -9"]
+        assert eng.dead == deaths[0]
     finally:
         eng.shutdown()
 
@@ -133,3 +150,61 @@ def test_stop_string_truncates_text(engine):
     out = engine.generate(input_ids=ids, sampling_params={**params, "stop": [stop]})
     assert out["text"] == full[:full.index(stop)]
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+
+
+def test_request_ids_name_engine_requests_and_must_be_unique(engine):
+    one = engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 2}, rid="client-7")
+    assert one["meta_info"]["id"] == "client-7"
+    many = engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 2, "n": 2}, rid="client-8")
+    assert [o["meta_info"]["id"] for o in many] == ["client-8-0", "client-8-1"]
+    stream = engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 50, "ignore_eos": True},
+                             stream=True, rid="client-9")
+    next(stream)
+    with pytest.raises(RequestError, match="already in use"):
+        engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 2}, rid="client-9")
+    stream.close()
+
+
+def test_bad_token_ids_are_refused_before_they_reach_the_scheduler(engine):
+    with pytest.raises(ValueError, match="integer token ids"):
+        engine.generate(input_ids=[5, "six"], sampling_params={"max_new_tokens": 2})
+    with pytest.raises(RequestError, match="outside the vocabulary"):
+        engine.generate(input_ids=[5, 2 ** 70], sampling_params={"max_new_tokens": 2})  # no 64-bit overflow
+    assert engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+
+
+def test_request_aborted_while_its_grammar_compiles_never_runs(engine):
+    engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 2}, grammar=GrammarSpec("regex", "[ab]+"))
+    decoded = engine.stats()["decode_tokens"]
+
+    async def give_up():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(engine.async_generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 4},
+                                                         grammar=string_pattern(4000)), 0.05)
+
+    asyncio.run(give_up())
+    time.sleep(GRAMMAR_TIMEOUT + 1)  # its compile ends (or times out) meanwhile
+    stats = wait_idle(engine)
+    assert stats["decode_tokens"] == decoded and stats["running"] == stats["waiting"] == 0
+
+
+def test_slow_grammar_fails_at_its_deadline_while_other_requests_keep_decoding(engine):
+    """Last in the module: the timed-out compile goes on in the background for a few seconds."""
+    engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 2}, grammar=GrammarSpec("regex", "[ab]+"))
+    stream = engine.generate(input_ids=random_prompt(30, seed=5), stream=True,
+                             sampling_params={"max_new_tokens": 300, "ignore_eos": True})
+    next(stream)
+    arrivals: list[float] = []
+    reader = threading.Thread(target=lambda: arrivals.extend(time.time() for _ in stream), daemon=True)
+    reader.start()
+    started = time.time()
+    with pytest.raises(RequestError, match=f"did not compile within {GRAMMAR_TIMEOUT:g} s"):
+        engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 4}, grammar=string_pattern(12000))
+    failed = time.time()
+    assert GRAMMAR_TIMEOUT <= failed - started < GRAMMAR_TIMEOUT + 3
+    during = [started] + [t for t in arrivals if started <= t <= failed] + [failed]
+    assert max(b - a for a, b in zip(during, during[1:])) < 1.0, "the step loop waited for the compile"
+    yes_no = engine.generate(input_ids=[5, 6], sampling_params={"max_new_tokens": 8},
+                             grammar=GrammarSpec("choice", json.dumps(["yes", "no"])))
+    assert yes_no["text"] in ("yes", "no")
+    reader.join(timeout=60)
