@@ -4,6 +4,8 @@ per operation, a short context so that no generation runs long, a timeout on eve
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -14,11 +16,13 @@ from .conftest import API_KEY, start_server
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 EXAMPLES_PER_OPERATION = 12
 CALL_TIMEOUT_S = 30
+GRAMMAR_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
 def fuzzed(tiny_official, tmp_path_factory):
-    srv = start_server(tiny_official, tmp_path_factory.mktemp("fuzz") / "server.log", "--max-model-len", "96")
+    srv = start_server(tiny_official, tmp_path_factory.mktemp("fuzz") / "server.log", "--max-model-len", "96",
+                       "--grammar-compile-timeout", str(GRAMMAR_TIMEOUT_S))
     yield srv
     srv.stop()
 
@@ -61,3 +65,15 @@ def test_inputs_that_once_crashed_get_400(fuzzed, path, body):
     with fuzzed.http() as http:
         r = http.post(path, json=body)
     assert r.status_code == 400 and r.json()["error"]["message"], r.text
+
+
+def test_pathological_response_format_gets_400_at_the_compile_deadline(fuzzed):
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "[a-z]{1,12000}"}}}
+    body = {"model": "banyan-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    with fuzzed.http() as http:
+        http.post("/v1/chat/completions", json={**body, "response_format": {"type": "json_object"}})  # warm up
+        started = time.time()
+        r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and f"did not compile within {GRAMMAR_TIMEOUT_S} s" in r.json()["error"]["message"]
+    assert time.time() - started < GRAMMAR_TIMEOUT_S + 5
