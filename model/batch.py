@@ -127,7 +127,7 @@ class BatchPlan:
     def __init__(self, batch: ForwardBatch, cfg: ModelConfig, page_size: int, device: torch.device,
                  ring_extra: int = 0) -> None:
         """`ring_extra`: compressor ring rows beyond the pooling window (see `CacheShape.ring_rows`)."""
-        self.batch, self.cfg, self.page_size, self.ring_extra = batch, cfg, page_size, ring_extra
+        self.cfg, self.page_size, self.ring_extra = cfg, page_size, ring_extra
         self._pt, self._swa_pt = _host(batch.page_table), _host(batch.swa_page_table)
         self._ext = np.asarray(batch.extend_lens, dtype=np.int64)
         self._prefix = np.asarray(batch.prefix_lens, dtype=np.int64)
@@ -139,33 +139,32 @@ class BatchPlan:
         kinds = set(cfg.layer_kinds)
         ratios = sorted({r for r in cfg.compress_ratios if r > 0})
         csa, hca = cfg.csa_ratio, cfg.hca_ratio
-
-        # per-token rows: positions, window write slot and length, visible entries per ratio
         pos = self._pos
-        window_lens = np.minimum(cfg.sliding_window, pos + 1)
-        visible = {m: (pos + 1) // m for m in ratios}
-        per_token = [pos, self._swa_slot(self._req, pos), window_lens]
-        per_token += [pos % m for m in ratios] + [visible[m] for m in ratios]
+
+        # per-token rows, stacked into one array
+        per_token = {"positions": pos, "swa_slots": self._swa_slot(self._req, pos),
+                     "window_lens": np.minimum(cfg.sliding_window, pos + 1)}
+        per_token.update({f"ape{m}": pos % m for m in ratios})  # compressor position bias row
+        if HCA in kinds:
+            per_token["hca_lens"] = (pos + 1) // hca  # every entry it sees
         if CSA in kinds:
-            per_token.append(np.minimum(cfg.index_topk, visible[csa]))
+            per_token["csa_lens"] = np.minimum(cfg.index_topk, (pos + 1) // csa)  # the top-k it picks
         host = _HostBuffer()
-        h_token = host.add(np.stack(per_token))
-        h_window = host.add(self._window_lists(window_lens))
-        h_hca = host.add(self._entry_lists(self._req, visible[hca], hca)) if HCA in kinds else None
-        groups = self._indexer_groups(host, visible[csa], csa) if CSA in kinds else []
+        h_token = host.add(np.stack(list(per_token.values())))
+        h_window = host.add(self._window_lists(per_token["window_lens"]))
+        h_hca = host.add(self._entry_lists(self._req, per_token["hca_lens"], hca)) if HCA in kinds else None
+        groups = self._indexer_groups(host, (pos + 1) // csa, csa) if CSA in kinds else []
         emissions = {(m, m == csa): self._add_emission(host, m, m == csa) for m in ratios}  # CSA windows overlap
         h_logits = None if batch.all_logits else host.add(self._starts + self._ext - 1)
-        ids_on_device = batch.input_ids.device == device
-        h_ids = None if ids_on_device else host.add(_host(batch.input_ids))
+        h_ids = None if batch.input_ids.device == device else host.add(_host(batch.input_ids))
 
         t = host.to(device)
-        token = t[h_token].unbind(0)
-        self.positions, self.swa_slots = token[0], token[1]
-        self.window = KVIndex(t[h_window], token[2])
-        self.ape_index = dict(zip(ratios, token[3:3 + len(ratios)]))
-        visible_t = dict(zip(ratios, token[3 + len(ratios):3 + 2 * len(ratios)]))
-        self.hca = KVIndex(t[h_hca], visible_t[hca]) if h_hca is not None else None
-        self.csa_lens = token[-1] if CSA in kinds else None
+        token = dict(zip(per_token, t[h_token].unbind(0)))
+        self.positions, self.swa_slots = token["positions"], token["swa_slots"]
+        self.window = KVIndex(t[h_window], token["window_lens"])
+        self.ape_index = {m: token[f"ape{m}"] for m in ratios}
+        self.hca = KVIndex(t[h_hca], token["hca_lens"]) if h_hca is not None else None
+        self.csa_lens = token.get("csa_lens")
         self.indexer_groups = [QueryGroup(t[a][0], t[b], t[a][1], vis) for a, b, vis in groups]
         self.emissions = {key: em(t) for key, em in emissions.items()}
         self.logit_rows = None if h_logits is None else t[h_logits]

@@ -34,15 +34,16 @@ class RopeTables:
 
     def __init__(self, freqs: RopeFrequencies, plan: BatchPlan) -> None:
         self._freqs, self._plan = freqs, plan
-        self._tables = {}
-        for name, inv_freq in (("main", freqs.main), ("compress", freqs.compress)):
-            table = rope_table(plan.positions, inv_freq)
-            self._tables[name] = (table, table.conj_physical())
+        self._tables: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
         self._entries: dict[tuple[int, bool], torch.Tensor] = {}
 
     def for_kind(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(rotation, inverse rotation) `[N, rope_dim // 2]` for a layer kind."""
-        return self._tables["main" if kind == SWA else "compress"]
+        compressed = kind != SWA
+        if compressed not in self._tables:
+            table = rope_table(self._plan.positions, self._freqs.compress if compressed else self._freqs.main)
+            self._tables[compressed] = (table, table.conj_physical())
+        return self._tables[compressed]
 
     def entries(self, ratio: int, overlap: bool) -> torch.Tensor:
         """`[E, rope_dim // 2]` rotations of the entries that compressors of this kind emit
