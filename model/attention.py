@@ -15,6 +15,7 @@ from .batch import BatchPlan
 from .compressor import Compressor
 from .config import CSA, SWA, ModelConfig
 from .kv_cache import CompressorStore, LayerCache
+from .linear import Linear
 from .norm import RMSNorm
 from .positional import RopeTables
 
@@ -24,8 +25,8 @@ class Indexer(nn.Module):
         super().__init__()
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
         self.ratio = cfg.csa_ratio
-        self.wq_b = nn.Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, bias=False, dtype=dtype)
-        self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False, dtype=dtype)
+        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, dtype)
+        self.weights_proj = Linear(cfg.hidden_size, self.n_heads, dtype)
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, self.ratio, True, cfg.rms_norm_eps, dtype)
 
     def forward(self, x: torch.Tensor, qr: torch.Tensor, plan: BatchPlan, store: CompressorStore,
@@ -46,13 +47,13 @@ class Attention(nn.Module):
         d, h, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
         self.kind, self.ratio = cfg.layer_kind(layer), cfg.compress_ratios[layer]
         self.n_heads, self.head_dim, self.groups, self.eps = h, hd, cfg.o_groups, cfg.rms_norm_eps
-        self.wq_a = nn.Linear(d, cfg.q_lora_rank, bias=False, dtype=dtype)
+        self.wq_a = Linear(d, cfg.q_lora_rank, dtype)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
-        self.wq_b = nn.Linear(cfg.q_lora_rank, h * hd, bias=False, dtype=dtype)
-        self.wkv = nn.Linear(d, hd, bias=False, dtype=dtype)
+        self.wq_b = Linear(cfg.q_lora_rank, h * hd, dtype)
+        self.wkv = Linear(d, hd, dtype)
         self.kv_norm = RMSNorm(hd, cfg.rms_norm_eps)
-        self.wo_a = nn.Linear(h * hd // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, bias=False, dtype=dtype)
-        self.wo_b = nn.Linear(cfg.o_groups * cfg.o_lora_rank, d, bias=False, dtype=dtype)
+        self.wo_a = Linear(h * hd // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, dtype)
+        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, d, dtype)
         self.attn_sink = nn.Parameter(torch.zeros(h, dtype=torch.float32))
         self.compressor = (Compressor(d, hd, self.ratio, self.kind == CSA, cfg.rms_norm_eps, dtype)
                            if self.kind != SWA else None)
@@ -73,6 +74,4 @@ class Attention(nn.Module):
 
         out = sparse_attention(q, cache.swa, plan.window, self.attn_sink, self.head_dim ** -0.5, extra, extra_index)
         out = apply_rope_(out, inverse).view(n, self.groups, -1)  # [N, G, H/G * hd]
-        wo_a = self.wo_a.weight.view(self.groups, -1, out.shape[-1])  # [G, R, H/G * hd]
-        z = torch.bmm(out.transpose(0, 1), wo_a.transpose(1, 2))  # [G, N, R]
-        return self.wo_b(z.transpose(0, 1).flatten(1))
+        return self.wo_b(self.wo_a.grouped(out).flatten(1))  # wo_a: [N, G, R]

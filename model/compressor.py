@@ -17,6 +17,7 @@ from ..kernels.compress import softmax_pool
 from ..kernels.rope import apply_rope_
 from .batch import BatchPlan, RowSource
 from .kv_cache import CompressorStore
+from .linear import Linear
 from .norm import RMSNorm
 from .positional import RopeTables
 
@@ -35,8 +36,8 @@ class Compressor(nn.Module):
         super().__init__()
         width = 2 * dim if overlap else dim
         self.dim, self.ratio, self.overlap = dim, ratio, overlap
-        self.wkv = nn.Linear(hidden, width, bias=False, dtype=dtype)
-        self.wgate = nn.Linear(hidden, width, bias=False, dtype=dtype)
+        self.wkv = Linear(hidden, width, dtype)
+        self.wgate = Linear(hidden, width, dtype)
         self.ape = nn.Parameter(torch.zeros(ratio, width, dtype=torch.float32))
         self.norm = RMSNorm(dim, eps)
 

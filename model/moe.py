@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.linear import linear
 from .config import ModelConfig
+from .linear import Linear
 
 
 # Below this many multiply-adds per projection (tokens x experts x I x D), computing every
@@ -63,22 +65,40 @@ class Experts(nn.Module):
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
         e, i, d = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
-        self.limit = cfg.swiglu_limit
+        self.limit, self.n_experts = cfg.swiglu_limit, e
         self.w1 = nn.Parameter(torch.zeros(e, i, d, dtype=dtype))
         self.w3 = nn.Parameter(torch.zeros(e, i, d, dtype=dtype))
         self.w2 = nn.Parameter(torch.zeros(e, d, i, dtype=dtype))
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: `[T, D]`, idx / weights: `[T, k]` -> `[T, D]`."""
+        if isinstance(self.w1, Linear):  # stored format (`to_native`)
+            return self._stored(x, idx, weights)
         if x.shape[0] * self.w1[0].numel() * self.w1.shape[0] <= DENSE_MACS:
             return self._dense(x, idx, weights)
         return self._grouped(x, idx, weights)
 
+    def _mix(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Dense routing matrix `[T, E]` (zero for unchosen experts)."""
+        return torch.zeros(x.shape[0], self.n_experts, device=x.device).scatter_(1, idx, weights)
+
     def _dense(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         h = _activation(torch.matmul(x, self.w1.mT), torch.matmul(x, self.w3.mT), self.limit)  # [E, T, I]
         y = torch.bmm(h.to(x.dtype), self.w2.mT)  # [E, T, D]
-        mix = torch.zeros(x.shape[0], self.w1.shape[0], device=x.device).scatter_(1, idx, weights)  # [T, E]
+        mix = self._mix(x, idx, weights)  # [T, E]
         return torch.bmm(mix.unsqueeze(1), y.float().transpose(0, 1)).squeeze(1).to(x.dtype)
+
+    def _stored(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """FP8/FP4 experts: the dense dispatch one expert at a time, each dequantised tile by
+        tile (`kernels.linear.linear`), so no host sync and no dequantised copy. It runs every
+        expert on every token: the CPU reference; a GPU wants the fused grouped kernel."""
+        w1, w3, w2 = self.w1.quantized(), self.w3.quantized(), self.w2.quantized()
+        mix = self._mix(x, idx, weights)  # [T, E]
+        out = torch.zeros(x.shape, device=x.device)
+        for e in range(self.n_experts):
+            h = _activation(linear(x, w1[e]), linear(x, w3[e]), self.limit).to(x.dtype)  # [T, I]
+            out.addcmul_(linear(h, w2[e]).float(), mix[:, e:e + 1])
+        return out.to(x.dtype)
 
     def _grouped(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         k = idx.shape[1]
@@ -99,12 +119,12 @@ class SharedExpert(nn.Module):
         super().__init__()
         d, i = cfg.hidden_size, cfg.moe_intermediate_size
         self.limit = cfg.swiglu_limit
-        self.w1 = nn.Linear(d, i, bias=False, dtype=dtype)
-        self.w3 = nn.Linear(d, i, bias=False, dtype=dtype)
-        self.w2 = nn.Linear(i, d, bias=False, dtype=dtype)
+        self.w1 = Linear(d, i, dtype)
+        self.w3 = Linear(d, i, dtype)
+        self.w2 = Linear(i, d, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.w1.weight, self.w3.weight, self.w2.weight, self.limit)
+        return self.w2(_activation(self.w1(x), self.w3(x), self.limit).to(x.dtype))
 
 
 class MoE(nn.Module):

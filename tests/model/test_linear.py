@@ -82,7 +82,7 @@ def test_to_native_swaps_linears_and_stacked_experts_on_a_meta_model():
     assert isinstance(w1, Linear) and w1.stack == 8 and tuple(w1.weight.shape) == (8, 64, 32)
     state = model.state_dict()
     assert "layers.0.ffn.experts.w1.scale" in state and "layers.0.ffn.experts.w1" not in state
-    assert isinstance(model.layers[1].attn.wq_a, nn.Linear)  # only what was asked
+    assert model.layers[1].attn.wq_a.quant is None  # only what was asked
     to_native(model, {"layers.0.attn.wq_a": ("fp8", torch.float8_e8m0fnu)})  # already native: no-op
     assert model.layers[0].attn.wq_a is wq_a
     with pytest.raises(ValueError, match="layers.0.attn_norm is not a dense linear layer"):
