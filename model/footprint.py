@@ -89,3 +89,21 @@ def footprint(cfg: ModelConfig) -> dict:
     params = sum(t.numel() for t in _meta_state(cfg, torch.float32).values())
     return {"params": params, "expert_format": expert_format(cfg), "weights": weight_bytes(cfg),
             "kv": {"bf16": kv_bytes(cfg, torch.bfloat16), "fp32": kv_bytes(cfg, torch.float32)}}
+
+
+def resident_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer a loaded model holds."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def allocated_kv_bytes(cache: V4KVCache) -> dict[str, float]:
+    """Per cached token, from the allocated pools: `compressed_per_token` (kept for every
+    cached token) and `swa_per_token` (a request's last window, and prefix-cache resume points)."""
+    page = cache.page_size
+    return {"compressed_per_token": cache.bytes_per_page() / page, "swa_per_token": cache.bytes_per_swa_page() / page,
+            "ring_per_request": cache.bytes_per_request_slot()}
+
+
+def startup_facts(model: torch.nn.Module, cache: V4KVCache) -> dict[str, float]:
+    """What the scheduler process logs at start-up and `/server_info` reports."""
+    return {"weight_bytes": resident_weight_bytes(model), **allocated_kv_bytes(cache)}

@@ -18,6 +18,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "deepseek-ai/DeepSeek-V4-Flash (default: the embedded tiny model)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--weight-format", choices=["auto", "native", "dequant"], default="auto",
+                   help="keep FP8/FP4 weights as stored (native) or dense (dequant); auto: native on CUDA, "
+                        "dequant on CPU")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -26,10 +29,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..model.generate import greedy_generate
     from ..model.hub import resolve_model_path
     from ..model.loader import load_model
+    from .options import EngineOptions
     from .tokenizer import load_tokenizer
 
     path = resolve_model_path(args.model_path)
-    model = load_model(path, dtype=getattr(torch, DTYPES[args.dtype]), device=args.device)
+    weight_format = EngineOptions(device=args.device, weight_format=args.weight_format).resolved_weight_format()
+    model = load_model(path, dtype=getattr(torch, DTYPES[args.dtype]), device=args.device,
+                       weight_format=weight_format)
     tok = load_tokenizer(path)
     ids = [tok.bos_token_id] + tok.encode(args.prompt, add_special_tokens=False)
     out = greedy_generate(model, ids, args.max_new_tokens, stop_ids=(tok.eos_token_id,))
@@ -60,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = EngineOptions(
         model_path=resolve_model_path(args.model_path), dtype=DTYPES[args.dtype], device=args.device,
+        weight_format=args.weight_format,
         page_size=args.page_size, chunked_prefill_size=args.chunked_prefill_size,
         schedule_policy=args.schedule_policy, max_running_requests=args.max_running_requests,
         kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), mem_fraction=args.mem_fraction,

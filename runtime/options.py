@@ -5,11 +5,13 @@ from __future__ import annotations
 import msgspec
 
 from ..model.hub import resolve_model_path
+from ..model.loader import WEIGHT_FORMATS
 
 
 class EngineOptions(msgspec.Struct, kw_only=True):
     model_path: str | None = None  # None: the embedded tiny default model; a hub id resolves to its cached snapshot
     dtype: str = "float32"  # float32 | bfloat16
+    weight_format: str = "auto"  # auto | native | dequant; auto: native on CUDA, dequant on CPU (README)
     device: str = "cpu"
     page_size: int | None = None  # default: the smallest multiple of every compression ratio
     chunked_prefill_size: int = 512
@@ -32,8 +34,17 @@ class EngineOptions(msgspec.Struct, kw_only=True):
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.schedule_policy not in ("fcfs", "lpm"):
+        if self.weight_format not in ("auto", *WEIGHT_FORMATS):
+            raise ValueError(f"weight_format must be auto, native or dequant, got {self.weight_format!r}")
             raise ValueError(f"schedule_policy must be fcfs or lpm, got {self.schedule_policy!r}")
         if self.chunked_prefill_size < 1 or self.max_running_requests < 1:
             raise ValueError("chunked_prefill_size and max_running_requests must be >= 1")
         if self.watchdog_timeout <= 0 or self.grammar_compile_timeout <= 0:
             raise ValueError("watchdog_timeout and grammar_compile_timeout must be > 0")
+
+    def resolved_weight_format(self) -> str:
+        """`auto`: native on CUDA (the only way a real checkpoint fits), dequant on CPU (faster
+        there: the tiny model decodes 3.6x and prefills 1.7x faster dense; README)."""
+        if self.weight_format != "auto":
+            return self.weight_format
+        return "native" if self.device.startswith("cuda") else "dequant"

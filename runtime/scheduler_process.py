@@ -10,6 +10,7 @@ import traceback
 import torch
 import zmq
 
+from ..model.footprint import startup_facts
 from ..model.loader import load_model
 from ..model.runner import ModelRunner
 from ..scheduler.grammar import BackgroundCompiler, GrammarError, GrammarState, PendingGrammar
@@ -28,7 +29,8 @@ log = logging.getLogger("banyan.scheduler")
 def build_scheduler(opts: EngineOptions):
     """The scheduler and the tokenizer it decodes stop strings with."""
     dtype = getattr(torch, opts.dtype)
-    model = load_model(opts.model_path, dtype=dtype, device=opts.device, progress=False)
+    model = load_model(opts.model_path, dtype=dtype, device=opts.device, progress=False,
+                       weight_format=opts.resolved_weight_format())
     cfg = model.cfg
     page_size = opts.page_size or cfg.min_page_size
     budget = opts.kv_cache_bytes
@@ -174,7 +176,11 @@ def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, read
     except Exception as exc:  # report start-up failures to the parent instead of hanging it
         ready.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    ready.send({"ok": True, "token_capacity": sched.pools.sizes.max_tokens,
+    footprint = startup_facts(sched.runner.model, sched.runner.kv)
+    log.info("weights: %.1f MiB resident (%s); KV per cached token: %.0f B compressed + %.0f B sliding window; "
+             "%d tokens of pool capacity", footprint["weight_bytes"] / 2**20, opts.resolved_weight_format(),
+             footprint["compressed_per_token"], footprint["swa_per_token"], sched.pools.sizes.max_tokens)
+    ready.send({"ok": True, "token_capacity": sched.pools.sizes.max_tokens, "footprint": footprint,
                 "vocab_size": sched.cfg.vocab_size, "eos_token_id": sched.cfg.eos_token_id,
                 "page_size": sched.page_size})
     try:

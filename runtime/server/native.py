@@ -206,6 +206,7 @@ async def server_info(http: Request):
     if state.engine is not None:
         info["max_model_len"] = state.max_model_len
         info["page_size"] = state.engine.info["page_size"]  # resolved when the option left it to the model
+        info["footprint"] = state.engine.info["footprint"]  # resident weight bytes, KV bytes per token
         info["processes"] = state.engine.pids
         info["internal_states"] = [await asyncio.to_thread(state.engine.stats)]
     return info
