@@ -83,7 +83,8 @@ class EmissionPlan:
     entry_pos: torch.Tensor | None = None  # [E] position of the entry (w * m), for RoPE
     row_source: RowSource | None = None  # [E, window] rows pooled into each entry
     num_snapshots: int = 0
-    snapshot_pages: torch.Tensor | None = None  # [P] pages closing in this batch (CSA only)
+    snapshot_pages: torch.Tensor | None = None  # [P] sliding-window page of each page closing here (CSA only)
+    snapshot_homes: tuple[np.ndarray, np.ndarray] | None = None  # host: (compressed page, its SWA page)
     snapshot_source: RowSource | None = None  # [P, m] rows of each closing page's last window
 
 
@@ -234,8 +235,8 @@ class BatchPlan:
         if overlap and pages.any():
             snap_req, snap_k = _ragged(pages, prefix // p + 1)
             last = (snap_k * p - m)[:, None] + np.arange(m)
-            h_snap = (host.add(self._pt[snap_req, snap_k - 1]),
-                      host.add(self._rows(snap_req[:, None], last, ring_size)))
+            homes = (self._pt[snap_req, snap_k - 1], self._swa_pt[snap_req, snap_k - 1])
+            h_snap = (host.add(homes[1]), host.add(self._rows(snap_req[:, None], last, ring_size)), homes)
 
         def build(t: list[torch.Tensor]) -> EmissionPlan:
             ring_dest, ring_src = t[h_ring].unbind(0)
@@ -245,6 +246,7 @@ class BatchPlan:
                 plan.num_entries, plan.row_source = plan.entry_slots.numel(), RowSource(t[h_rows])
             if h_snap is not None:
                 plan.snapshot_pages, plan.snapshot_source = t[h_snap[0]], RowSource(t[h_snap[1]])
+                plan.snapshot_homes = h_snap[2]
                 plan.num_snapshots = plan.snapshot_pages.numel()
             return plan
         return build

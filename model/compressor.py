@@ -61,5 +61,6 @@ class Compressor(nn.Module):
         if em.num_snapshots:
             last = _gather_rows(rows, store.ring, em.snapshot_source)  # [P, m, 2, width]
             store.snapshots[em.snapshot_pages] = last[..., :d]
+            store.snapshot_home[em.snapshot_homes[0]] = em.snapshot_homes[1]
 
         store.ring.view(-1, *rows.shape[1:]).index_copy_(0, em.ring_dest, rows.index_select(0, em.ring_src))

@@ -72,9 +72,10 @@ def weight_bytes(cfg: ModelConfig) -> dict[str, dict[str, int]]:
 def kv_bytes(cfg: ModelConfig, dtype: torch.dtype, page_size: int | None = None) -> dict[str, float]:
     """KV state per cached token and per running request, from `V4KVCache`'s accounting.
 
-    `compressed_per_token`: CSA/HCA entries, CSA indexer keys and overlap snapshots (kept for
-    every cached token); `swa_per_token`: sliding-window KV (only a request's last window of
-    it stays resident); `ring_per_request`: the compressor rings of one running request."""
+    `compressed_per_token`: CSA/HCA entries and CSA indexer keys (kept for every cached token);
+    `swa_per_token`: sliding-window KV and the CSA overlap snapshots kept with it (only a
+    request's last window of it stays resident); `ring_per_request`: the compressor rings of
+    one running request."""
     page = page_size or cfg.min_page_size
     cache = V4KVCache(cfg, CacheShape(page, 1, 1, 1), dtype=dtype, device="meta")
     compressed = cache.bytes_per_page() / page

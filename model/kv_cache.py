@@ -17,12 +17,17 @@ Per layer the storage holds:
 * CSA overlap snapshots: when a page closes, the Ca half of the rows of its last `m`
   tokens is copied into the page's snapshot. Resuming a request at a page boundary
   (a prefix hit) needs exactly that, plus the pages' entries and the last window's SWA.
+  A match can only end on a page whose SWA KV is resident (the radix cache never ends one
+  on a tombstoned window), so the snapshot lives with that SWA page, in the sliding-window
+  pool, and the compressed pool holds entries only. `snapshot_home` (host) maps a
+  compressed page to the SWA page its snapshot was written to. Snapshots stay fp32 rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .config import CSA, SWA, ModelConfig
@@ -57,22 +62,27 @@ class CompressorStore:
         self.entries = torch.zeros(shape.num_pages * (shape.page_size // ratio), dim, dtype=dtype, device=device)
         # [slot, position % S, (kv, score), width]
         self.ring = torch.zeros(shape.max_requests, self.ring_size, 2, width, dtype=torch.float32, device=device)
-        self.snapshots = (torch.zeros(shape.num_pages, ratio, 2, dim, dtype=torch.float32, device=device)
+        # [swa page, m, (kv, score), dim]
+        self.snapshots = (torch.zeros(shape.num_swa_pages, ratio, 2, dim, dtype=torch.float32, device=device)
                           if overlap else None)
+        self.snapshot_home = np.full(shape.num_pages, -1, dtype=np.int64)
 
     def nbytes_per_page(self, page_size: int) -> int:
-        n = (page_size // self.ratio) * self.entries.shape[1] * self.entries.element_size()
-        if self.snapshots is not None:
-            n += self.snapshots[0].numel() * self.snapshots.element_size()
-        return n
+        return (page_size // self.ratio) * self.entries.shape[1] * self.entries.element_size()
+
+    def nbytes_per_swa_page(self) -> int:
+        return 0 if self.snapshots is None else self.snapshots[0].numel() * self.snapshots.element_size()
 
     def restore(self, req_slot: int, page: int, boundary: int) -> None:
-        """Load the Ca half of tokens `boundary-m .. boundary-1` from page `page`'s snapshot."""
+        """Load the Ca half of tokens `boundary-m .. boundary-1` from compressed page `page`'s snapshot."""
         if self.snapshots is None:
             return
+        home = int(self.snapshot_home[page])
+        if home < 0:
+            raise ValueError(f"page {page} has no overlap snapshot (it never closed)")
         m = self.ratio
         rows = torch.arange(boundary - m, boundary, device=self.ring.device) % self.ring_size
-        self.ring[req_slot, rows, :, : self.dim] = self.snapshots[page]
+        self.ring[req_slot, rows, :, : self.dim] = self.snapshots[home]
 
 
 class LayerCache:
@@ -122,7 +132,9 @@ class V4KVCache:
         return sum(s.nbytes_per_page(self.page_size) for layer in self.layers for s in layer.stores())
 
     def bytes_per_swa_page(self) -> int:
-        return sum(layer.swa.element_size() * layer.swa.shape[1] * self.page_size for layer in self.layers)
+        """Sliding-window KV plus the CSA overlap snapshots that live with it."""
+        return sum(layer.swa.element_size() * layer.swa.shape[1] * self.page_size
+                   + sum(s.nbytes_per_swa_page() for s in layer.stores()) for layer in self.layers)
 
     def bytes_per_request_slot(self) -> int:
         return sum(s.ring[0].numel() * s.ring.element_size() for layer in self.layers for s in layer.stores())

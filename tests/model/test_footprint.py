@@ -40,14 +40,21 @@ def test_resident_bytes_are_what_loading_allocates(tiny_weights, tiny_official, 
 
 def test_tiny_kv_bytes_per_token_by_hand():
     kv = kv_bytes(ModelConfig.preset("tiny"), torch.bfloat16)
-    # per 128-token page: 2 CSA layers (ratio 4) with 32 entries x 128 (bf16) + 32 indexer keys x 64 (bf16)
-    # + fp32 overlap snapshots of 4 tokens x (kv, score) x (128 + 64); 2 HCA layers with 1 entry x 128
-    csa = 32 * 128 * 2 + 32 * 64 * 2 + 4 * 2 * (128 + 64) * 4
+    # per 128-token page: 2 CSA layers (ratio 4) with 32 entries x 128 (bf16) + 32 indexer keys x 64 (bf16);
+    # 2 HCA layers with 1 entry x 128. The SWA page: one 128-wide vector per token and layer, plus
+    # the CSA layers' fp32 overlap snapshots of 4 tokens x (kv, score) x (128 + 64)
+    csa = 32 * 128 * 2 + 32 * 64 * 2
     hca = 1 * 128 * 2
+    snapshots = 2 * 4 * 2 * (128 + 64) * 4
     assert kv["page_size"] == 128
     assert kv["compressed_per_token"] == (2 * csa + 2 * hca) / 128
-    assert kv["swa_per_token"] == 6 * 128 * 2  # one 128-wide bf16 vector per layer
-    assert kv_bytes(ModelConfig.preset("tiny"), torch.float32)["swa_per_token"] == 6 * 128 * 4
+    assert kv["swa_per_token"] == (6 * 128 * 128 * 2 + snapshots) / 128
+    assert kv_bytes(ModelConfig.preset("tiny"), torch.float32)["swa_per_token"] == (6 * 128 * 128 * 4 + snapshots) / 128
+
+
+def test_flash_bf16_compressed_pool_meets_the_target():
+    """Issue 12: at most 6,880 B per cached token with bf16 KV (entries only; snapshots live with SWA)."""
+    assert kv_bytes(ModelConfig.preset("flash"), torch.bfloat16)["compressed_per_token"] <= 6880
 
 
 @pytest.mark.parametrize("preset,checkpoint_gib,bf16_gib", [("flash", 145, 530), ("pro", 792, 2930)])
