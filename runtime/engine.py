@@ -57,10 +57,7 @@ class _Pending:
         self.q: queue.Queue | asyncio.Queue = asyncio.Queue() if loop else queue.Queue()
 
     def put(self, item: Any) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.q.put_nowait, item)
-        else:
-            self.q.put(item)
+        _deliver([(self, [item])])
 
 
 def _deliver(deliveries: list[tuple[_Pending, list]]) -> None:
@@ -74,7 +71,10 @@ def _deliver(deliveries: list[tuple[_Pending, list]]) -> None:
         else:
             per_loop.setdefault(pending.loop, []).append((pending.q, items))
     for loop, batch in per_loop.items():
-        loop.call_soon_threadsafe(_put_all, batch)
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # the loop is closed: its callers are gone (an abandoned asyncio.run)
+            pass
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, list]]) -> None:
