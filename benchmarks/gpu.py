@@ -42,7 +42,7 @@ def random_model(cfg: ModelConfig, dtype: torch.dtype, device: str, seed: int = 
     with torch.device("meta"):
         model = DeepseekV4(cfg, dtype=dtype)
     model = model.to_empty(device=device)
-    model.load_state_dict(tiny_state(cfg, seed))
+    model.load_state_dict(tiny_state(cfg, seed, mtp=False))
     return model.eval()
 
 

@@ -31,7 +31,7 @@ def transformers_checkpoint(model_path: str | Path, workdir: str | Path) -> Path
     model = load_model(model_path, dtype=torch.float32, progress=False)
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = transformers_tensors(model.state_dict())
+    tensors = transformers_tensors(model.state_dict(), model.cfg)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
     cfg = model.cfg.replace(expert_dtype=None, quantization=None)
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))

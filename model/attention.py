@@ -45,7 +45,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype) -> None:
         super().__init__()
         d, h, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-        self.kind, self.ratio = cfg.layer_kind(layer), cfg.compress_ratios[layer]
+        self.kind, self.ratio = cfg.layer_kind(layer), cfg.ratio_of(layer)
         self.n_heads, self.head_dim, self.groups, self.eps = h, hd, cfg.o_groups, cfg.rms_norm_eps
         self.wq_a = Linear(d, cfg.q_lora_rank, dtype)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)

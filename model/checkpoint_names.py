@@ -84,15 +84,22 @@ def _lookup(table: dict[str, str]) -> dict[str, str]:
 _TOP_NAMES = _lookup(_TOP)
 _LAYER_NAMES = _lookup(_LAYER)
 
-_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
+_LAYER_RE = re.compile(r"^((?:layers|mtp)\.\d+)\.(.+)$")  # (layer or MTP layer prefix, rest)
 _EXPERT_RE = re.compile(r"^(?:ffn|mlp)\.experts\.(\d+)\.(w[123])\.weight$")
 _FUSED_EXPERTS_RE = re.compile(r"^mlp\.experts\.(gate_up_proj|down_proj)$")
-_STACKED_RE = re.compile(r"^layers\.\d+\.ffn\.experts\.w[123](?:\.weight|\.scale)?$")
+_STACKED_RE = re.compile(r"^(?:layers|mtp)\.\d+\.ffn\.experts\.w[123](?:\.weight|\.scale)?$")
 
 # Linears stored as FP8 (+ 128x128 E8M0 scale) in the official checkpoint.
 FP8_LINEARS = ("attn.wq_a.weight", "attn.wq_b.weight", "attn.wkv.weight", "attn.wo_a.weight", "attn.wo_b.weight",
                "attn.indexer.wq_b.weight", "ffn.shared_experts.w1.weight", "ffn.shared_experts.w2.weight",
-               "ffn.shared_experts.w3.weight")
+               "ffn.shared_experts.w3.weight", "e_proj.weight", "h_proj.weight")
+# The MTP layer's own tensors (next to a block's); `emb.*` and `head.*` copies of the shared
+# embedding and head are skipped, as the official convert.py does.
+MTP_OWN = ("e_proj.weight", "h_proj.weight", "enorm.weight", "hnorm.weight", "norm.weight", "hc_head_fn",
+           "hc_head_base", "hc_head_scale")
+_MTP_SHARED_RE = re.compile(r"^mtp\.\d+\.(?:emb\..+|head\.weight)$")
+# Tensors of a DSpark drafter (V4 0731 and later), which reuse the `mtp.*` names for other layers.
+_DSPARK_RE = re.compile(r"^mtp\.\d+\.(?:main_proj|main_norm|markov_head|confidence_head)\.")
 # Kept in fp32 by the official checkpoint (and by Banyan at any model dtype).
 FP32_SUFFIXES = ("_fn", "_base", "_scale", "attn_sink", ".ape", "gate.bias")
 
@@ -116,17 +123,19 @@ def targets(name: str, moe_intermediate_size: int) -> list[Target] | None:
         return [Target(_TOP_NAMES[stem])]
     if (m := _LAYER_RE.match(stem)) is None:
         return None
-    layer, rest = m[1], m[2]
+    base, rest = m[1], m[2]
     if rest in _LAYER_NAMES:
-        return [Target(f"layers.{layer}.{_LAYER_NAMES[rest]}")]
+        return [Target(f"{base}.{_LAYER_NAMES[rest]}")]
+    if base.startswith("mtp.") and rest in MTP_OWN:
+        return [Target(stem)]
     if e := _EXPERT_RE.match(rest):
-        return [Target(f"layers.{layer}.ffn.experts.{e[2]}", index=int(e[1]))]
+        return [Target(f"{base}.ffn.experts.{e[2]}", index=int(e[1]))]
     if f := _FUSED_EXPERTS_RE.match(rest):
-        base = f"layers.{layer}.ffn.experts"
+        experts = f"{base}.ffn.experts"
         if f[1] == "down_proj":
-            return [Target(f"{base}.w2")]
+            return [Target(f"{experts}.w2")]
         i = moe_intermediate_size
-        return [Target(f"{base}.w1", rows=slice(0, i)), Target(f"{base}.w3", rows=slice(i, 2 * i))]
+        return [Target(f"{experts}.w1", rows=slice(0, i)), Target(f"{experts}.w3", rows=slice(i, 2 * i))]
     return None
 
 
@@ -135,9 +144,9 @@ def to_transformers(name: str) -> str:
     if name in _TOP:
         return _TOP[name]
     m = _LAYER_RE.match(name)
-    if m is None or m[2] not in _LAYER:
+    if m is None or m[2] not in _LAYER or m[1].startswith("mtp."):  # transformers has no MTP names
         raise KeyError(f"no transformers name for {name!r}")
-    return f"model.layers.{m[1]}.{_LAYER[m[2]]}"
+    return f"model.{m[1]}.{_LAYER[m[2]]}"
 
 
 def is_stacked_expert(param: str) -> bool:
@@ -170,6 +179,22 @@ def scale_names(weight_name: str) -> tuple[str, ...]:
     return (f"{stem}.scale", f"{stem}.weight_scale_inv", f"{weight_name}_scale_inv")
 
 
-def is_ignored(name: str) -> bool:
-    """MTP tensors (and their scales) are not part of the main model."""
-    return name.startswith("mtp.") or name.startswith("model.mtp.") or ".mtp." in name
+def is_mtp(name: str) -> bool:
+    return name.removeprefix("model.").startswith("mtp.")
+
+
+def is_ignored(name: str, with_mtp: bool) -> bool:
+    """Tensors the model does not load: every `mtp.*` one without the MTP layer, and the MTP's
+    copies of the shared embedding and head with it."""
+    return is_mtp(name) and (not with_mtp or _MTP_SHARED_RE.match(name.removeprefix("model.")) is not None)
+
+
+def mtp_kind(names: list[str]) -> str | None:
+    """What a checkpoint's `mtp.*` tensors are: "mtp" (V4's MTP layer), "dspark" (a DSpark
+    drafter reusing the names), or None (none at all)."""
+    stems = [n.removeprefix("model.") for n in names if is_mtp(n)]
+    if not stems:
+        return None
+    if any(_DSPARK_RE.match(s) for s in stems) or "mtp.0.enorm.weight" not in stems:
+        return "dspark"
+    return "mtp"

@@ -100,8 +100,12 @@ class ModelConfig:
         _validate(self)
 
     # ---- derived -------------------------------------------------------------------
+    def ratio_of(self, layer: int) -> int:
+        """Compression ratio of `layer`; the MTP layer (index `num_layers`) is sliding-window only."""
+        return self.compress_ratios[layer] if layer < self.num_layers else 0
+
     def layer_kind(self, layer: int) -> str:
-        ratio = self.compress_ratios[layer]
+        ratio = self.ratio_of(layer)
         return SWA if ratio == 0 else CSA if ratio == self.csa_ratio else HCA
 
     @property

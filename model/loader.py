@@ -20,7 +20,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from ..kernels.quant import QuantizedWeight, dequantize_into
-from .checkpoint_names import Target, is_ignored, is_stacked_expert, scale_names, targets
+from .checkpoint_names import Target, is_ignored, is_stacked_expert, mtp_kind, scale_names, targets
 from .config import ModelConfig
 from .hub import resolve_model_path
 from .linear import to_native
@@ -180,12 +180,12 @@ class _Slots:
         return out
 
 
-def _loadable(shards: dict[str, Path], reader: _Reader) -> dict[Path, list[str]]:
-    """Per shard, the tensors to load (not scales, not MTP)."""
+def _loadable(shards: dict[str, Path], reader: _Reader, with_mtp: bool) -> dict[Path, list[str]]:
+    """Per shard, the tensors to load (not scales; MTP ones only `with_mtp`)."""
     scales = {s for name in shards if (s := reader.scale_of(name)) is not None}
     by_shard: dict[Path, list[str]] = defaultdict(list)
     for name, f in shards.items():
-        if name not in scales and not is_ignored(name):
+        if name not in scales and not is_ignored(name, with_mtp):
             by_shard[f].append(name)
     return by_shard
 
@@ -198,7 +198,7 @@ def load_weights(model: DeepseekV4, path: str | Path, progress: bool = True) -> 
     shards = checkpoint_shards(path)
     reader = _Reader(shards)
     slots = _Slots(model, cfg.n_routed_experts)
-    by_shard = _loadable(shards, reader)
+    by_shard = _loadable(shards, reader, model.mtp is not None)
     for f in tqdm(sorted(by_shard), desc="Loading shards", unit="shard", disable=not progress):
         for name in by_shard[f]:
             dests = targets(name, cfg.moe_intermediate_size)
@@ -214,12 +214,12 @@ def load_weights(model: DeepseekV4, path: str | Path, progress: bool = True) -> 
                               + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""))
 
 
-def stored_formats(path: str | Path, cfg: ModelConfig) -> dict[str, tuple[str, torch.dtype]]:
+def stored_formats(path: str | Path, cfg: ModelConfig, with_mtp: bool = False) -> dict[str, tuple[str, torch.dtype]]:
     """Module path -> (format, scale dtype) of every quantised tensor of the checkpoint, from its headers."""
     shards = checkpoint_shards(Path(path))
     reader = _Reader(shards)
     out = {}
-    for names in _loadable(shards, reader).values():
+    for names in _loadable(shards, reader, with_mtp).values():
         for name in names:
             scale = reader.scale_of(name)
             fmt = _QUANTIZED_DTYPES.get(reader.dtype(name)) if scale else None
@@ -234,21 +234,30 @@ def stored_formats(path: str | Path, cfg: ModelConfig) -> dict[str, tuple[str, t
     return out
 
 
+MTP_CHOICES = ("auto", "yes", "no")
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               progress: bool = True, weight_format: str = "dequant") -> DeepseekV4:
+               progress: bool = True, weight_format: str = "dequant", mtp: str = "auto") -> DeepseekV4:
     """Read `config.json` and the weights at `path` (a directory or a cached hub id) into a model.
 
     `weight_format="dequant"` holds every weight dense in `dtype`. `"native"` keeps quantised
     linears as the checkpoint stores them (`model.linear.Linear` with `weight` + `scale`),
     everything else dense; running it needs blocks that call those modules (issue 12, part 2).
+    `mtp`: load the MTP layer (speculative decoding) when the checkpoint has one ("auto"),
+    require it ("yes"), or skip it ("no"). A DSpark drafter under the `mtp.*` names is never
+    loaded as an MTP layer: "yes" then fails naming it.
     """
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
+    if mtp not in MTP_CHOICES:
+        raise ValueError(f"mtp must be one of {MTP_CHOICES}, got {mtp!r}")
     path = Path(resolve_model_path(str(path)))
     cfg = ModelConfig.from_json(path)
-    formats = stored_formats(path, cfg) if weight_format == "native" else {}
+    with_mtp = _wants_mtp(path, mtp)
+    formats = stored_formats(path, cfg, with_mtp) if weight_format == "native" else {}
     with torch.device("meta"):
-        model = DeepseekV4(cfg, dtype=dtype)
+        model = DeepseekV4(cfg, dtype=dtype, mtp=with_mtp)
     try:
         to_native(model, formats)
     except ValueError as exc:
@@ -256,3 +265,14 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     model = model.to_empty(device=device)
     load_weights(model, path, progress=progress)
     return model.eval()
+
+
+def _wants_mtp(path: Path, choice: str) -> bool:
+    if choice == "no":
+        return False
+    kind = mtp_kind(list(checkpoint_shards(path)))
+    if choice == "yes" and kind != "mtp":
+        what = ("has no mtp.* tensors" if kind is None else
+                "holds a different drafter under mtp.* (DSpark: main_proj, markov/confidence heads, no enorm)")
+        raise CheckpointError(f"checkpoint at {path} {what}; MTP speculative decoding needs V4's MTP layer")
+    return kind == "mtp"

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..kernels.quant import dequantize_fp4, dequantize_fp8, quantize_fp4, quantize_fp8
-from .checkpoint_names import FP32_SUFFIXES, stored_format, to_transformers
+from .checkpoint_names import FP32_SUFFIXES, is_mtp, stored_format, to_transformers
 from .config import ModelConfig
 from .network import DeepseekV4
 
@@ -26,15 +26,16 @@ OFFICIAL_QUANTIZATION = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_m
                          "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
 
 
-def _random_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Official-name tensors of a random model (experts stacked), in float32."""
+def _random_state(cfg: ModelConfig, seed: int, mtp: bool) -> dict[str, torch.Tensor]:
+    """Official-name tensors of a random model (experts stacked), in float32. The MTP layer's
+    tensors come last, so the main model's values do not depend on `mtp`."""
     gen = torch.Generator().manual_seed(seed)
 
     def normal(shape, std, mean=0.0):
         return torch.randn(shape, generator=gen) * std + mean
 
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in DeepseekV4(cfg).state_dict().items()}
+        shapes = {k: v.shape for k, v in DeepseekV4(cfg, mtp=mtp).state_dict().items()}
     state = {}
     for name, shape in shapes.items():
         if name.endswith("tid2eid"):
@@ -95,9 +96,22 @@ def official_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     return out
 
 
-def transformers_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _dense_official(name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Official names, dequantised (bf16; fp32 tensors kept), experts one by one."""
+    if ".ffn.experts.w" in name:
+        base, which = name.rsplit(".", 1)
+        return {f"{base}.{e}.{which}.weight": w.to(torch.bfloat16) for e, w in enumerate(t)}
+    return {name: t if t.dtype == torch.long or name.endswith(FP32_SUFFIXES) else t.to(torch.bfloat16)}
+
+
+def transformers_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Transformers names for the main model; the MTP layer keeps its official (hub) names,
+    dequantised, as transformers has none for it (it skips `mtp.*` on load)."""
     out = {}
     for name, t in state.items():
+        if is_mtp(name):
+            out.update(_dense_official(name, t))
+            continue
         if ".ffn.experts.w" in name:
             layer = name.split(".")[1]
             if name.endswith("w2"):
@@ -111,24 +125,25 @@ def transformers_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def tiny_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+def tiny_state(cfg: ModelConfig, seed: int, mtp: bool = True) -> dict[str, torch.Tensor]:
     """The float32 values (official names, experts stacked) of the tiny model for `seed`."""
-    return _round_to_checkpoint(_random_state(cfg, seed), official_config(cfg))
+    return _round_to_checkpoint(_random_state(cfg, seed, mtp), official_config(cfg))
 
 
 def make_tiny(out: str | Path, layout: str = "official", seed: int = 0,
-              cfg: ModelConfig | None = None) -> Path:
+              cfg: ModelConfig | None = None, mtp: bool = True) -> Path:
+    """`mtp`: include the multi-token-prediction layer (`mtp.0.*`), as V4 checkpoints do."""
     cfg = cfg or ModelConfig.preset("tiny")
     if layout not in ("official", "transformers"):
         raise ValueError(f"layout must be 'official' or 'transformers', got {layout!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = tiny_state(cfg, seed)
+    state = tiny_state(cfg, seed, mtp)
     if layout == "official":
         cfg = official_config(cfg)
         tensors = official_tensors(state, cfg)
     else:
-        tensors = transformers_tensors(state)
+        tensors = transformers_tensors(state, cfg)
         cfg = cfg.replace(expert_dtype=None, quantization=None)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
@@ -141,8 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layout", choices=("official", "transformers"), default="official")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="tiny", help="config preset to randomise (default: tiny)")
+    parser.add_argument("--no-mtp", action="store_true", help="leave out the MTP layer (mtp.0.*)")
     args = parser.parse_args(argv)
-    path = make_tiny(args.out, args.layout, args.seed, ModelConfig.preset(args.preset))
+    path = make_tiny(args.out, args.layout, args.seed, ModelConfig.preset(args.preset), mtp=not args.no_mtp)
     print(f"wrote a random {args.preset} V4 checkpoint ({args.layout} layout, seed {args.seed}) to {path}")
 
 

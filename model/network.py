@@ -6,50 +6,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.mhc import hc_head, hc_post, hc_pre
-from .attention import Attention
+from ..kernels.mhc import hc_head
 from .batch import BatchPlan, ForwardBatch
+from .block import Block
 from .config import ModelConfig
 from .kv_cache import LayerCache, V4KVCache
-from .moe import MoE
+from .mtp import MTPBlock
 from .norm import RMSNorm
 from .positional import RopeFrequencies, RopeTables
 
 
-def _hc_params(module: nn.Module, prefix: str, cfg: ModelConfig) -> None:
-    n = cfg.hc_mult
-    mix = (2 + n) * n
-    setattr(module, f"{prefix}_fn", nn.Parameter(torch.zeros(mix, n * cfg.hidden_size, dtype=torch.float32)))
-    setattr(module, f"{prefix}_base", nn.Parameter(torch.zeros(mix, dtype=torch.float32)))
-    setattr(module, f"{prefix}_scale", nn.Parameter(torch.ones(3, dtype=torch.float32)))
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg, layer, dtype)
-        self.ffn = MoE(cfg, layer, dtype)
-        _hc_params(self, "hc_attn", cfg)
-        _hc_params(self, "hc_ffn", cfg)
-
-    def _mix(self, streams: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c = self.cfg
-        return hc_pre(streams, getattr(self, f"{prefix}_fn"), getattr(self, f"{prefix}_scale"),
-                      getattr(self, f"{prefix}_base"), c.rms_norm_eps, c.hc_eps, c.hc_sinkhorn_iters)
-
-    def forward(self, streams: torch.Tensor, input_ids: torch.Tensor, plan: BatchPlan, cache: LayerCache,
-                rope: RopeTables) -> torch.Tensor:
-        x, post, comb = self._mix(streams, "hc_attn")
-        streams = hc_post(self.attn(self.attn_norm(x), plan, cache, rope), streams, post, comb)
-        x, post, comb = self._mix(streams, "hc_ffn")
-        return hc_post(self.ffn(self.ffn_norm(x), input_ids), streams, post, comb)
-
-
 class DeepseekV4(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32, mtp: bool = False) -> None:
+        """`mtp`: also hold the multi-token-prediction layer (`mtp.0.*`, the speculative drafter)."""
         super().__init__()
         self.cfg = cfg
         self.dtype = dtype
@@ -61,29 +30,47 @@ class DeepseekV4(nn.Module):
         self.hc_head_base = nn.Parameter(torch.zeros(n, dtype=torch.float32))
         self.hc_head_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
+        self.mtp = nn.ModuleList([MTPBlock(cfg, dtype)]) if mtp else None
         self._rope = RopeFrequencies(cfg)
 
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    @torch.inference_mode()
-    def forward(self, batch: ForwardBatch, cache: V4KVCache) -> torch.Tensor:
-        """Run one ragged batch, updating `cache`; returns fp32 logits of the requested tokens
-        (each request's last token, or all tokens with `batch.all_logits`)."""
-        cfg = self.cfg
-        plan = BatchPlan(batch, cfg, cache.page_size, self.device,
-                         ring_extra=cache.shape.ring_rows(0))
+    def _plan(self, batch: ForwardBatch, page_size: int, ring_extra: int = 0) -> tuple[BatchPlan, RopeTables]:
+        plan = BatchPlan(batch, self.cfg, page_size, self.device, ring_extra=ring_extra)
         if self._rope.main.device != self.device:
             self._rope.to(self.device)
-        rope = RopeTables(self._rope, plan)
+        return plan, RopeTables(self._rope, plan)
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, cache: V4KVCache, return_streams: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run one ragged batch, updating `cache`; returns fp32 logits of the requested tokens
+        (each request's last token, or all tokens with `batch.all_logits`), and with
+        `return_streams` also every token's pre-head streams `[N, n, D]` (what MTP drafts from)."""
+        cfg = self.cfg
+        plan, rope = self._plan(batch, cache.page_size, cache.shape.ring_rows(0))
         ids = plan.input_ids
         streams = self.embed(ids).unsqueeze(1).expand(-1, cfg.hc_mult, -1).contiguous()
         layer_cache: LayerCache
         for block, layer_cache in zip(self.layers, cache.layers):
             streams = block(streams, ids, plan, layer_cache, rope)
-        if plan.logit_rows is not None:
-            streams = streams.index_select(0, plan.logit_rows)
-        hidden = hc_head(streams, self.hc_head_fn, self.hc_head_scale, self.hc_head_base,
+        picked = streams if plan.logit_rows is None else streams.index_select(0, plan.logit_rows)
+        hidden = hc_head(picked, self.hc_head_fn, self.hc_head_scale, self.hc_head_base,
                          cfg.rms_norm_eps, cfg.hc_eps)
-        return self.head(self.norm(hidden)).float()
+        logits = self.head(self.norm(hidden)).float()
+        return (logits, streams) if return_streams else logits
+
+    @torch.inference_mode()
+    def forward_mtp(self, batch: ForwardBatch, mtp_cache: LayerCache, streams: torch.Tensor,
+                    page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One MTP pass: `batch.input_ids` are the tokens that follow each position, `streams`
+        `[N, n, D]` the pre-head streams at those positions. Returns (fp32 logits of the
+        requested rows, the MTP's output streams `[N, n, D]`)."""
+        if self.mtp is None:
+            raise RuntimeError("this model was loaded without its MTP layer")
+        plan, rope = self._plan(batch, page_size)
+        out = self.mtp[0].draft(self.embed, plan.input_ids, streams, plan, mtp_cache, rope)
+        picked = out if plan.logit_rows is None else out.index_select(0, plan.logit_rows)
+        return self.mtp[0].logits(self.head, picked), out

@@ -28,16 +28,18 @@ from .network import DeepseekV4
 from .sampling import SamplingRow, sample, target_distribution
 from .speculative import Verdict, verify_greedy, verify_rejection
 
-__all__ = ["Drafter", "ModelRunner", "PromptScoring", "RunOutput", "RunRequest", "SamplingRow", "Speculation"]
+__all__ = ["Drafter", "ModelRunner", "PromptScoring", "RunOutput", "RunRequest", "SamplingRow", "Speculation",
+           "forward_batch"]
 
 
 class Drafter(Protocol):
-    """Proposes draft tokens for speculative decoding."""
+    """Proposes draft tokens for speculative decoding (see `model.drafters`)."""
 
-    def propose(self, key: str, context: list[int], k: int) -> tuple[list[int], torch.Tensor | None]:
-        """`k` drafts to follow `context` (a request's committed tokens: prompt, output so
-        far, this step's tokens), and the distribution `[k, V]` each was drawn from (None:
-        greedy drafts)."""
+    needs_streams: bool  # wants the target's pre-head streams of every token of the step
+
+    def draft(self, requests: list["RunRequest"], outputs: list["RunOutput"], streams: torch.Tensor | None) -> None:
+        """After a step: set `drafts` / `draft_probs` of the output of every request whose
+        `speculation.next_k` asks for them, and keep whatever state the drafter needs."""
         ...
 
 
@@ -49,7 +51,8 @@ class Speculation:
     context: list[int]  # committed tokens before this step (the last one is `tokens[0]`)
     drafts: list[int] = field(default_factory=list)  # verified this step: `tokens[1:]`
     draft_probs: torch.Tensor | None = None  # [len(drafts), V], None: greedy drafts
-    next_k: int = 0  # drafts to propose after this step
+    next_k: int = 0  # drafts to propose after this step (0: the drafter only follows along)
+    following: int | None = None  # the token after this step's tokens, when known (mid-prompt chunks)
 
 
 @dataclass
@@ -106,7 +109,8 @@ class ModelRunner:
             if r.restore_page is not None:
                 self.kv.restore_compressor_state(r.slot, r.restore_page, r.prefix_len)
         all_logits = any(r.scoring is not None or _verifies(r) for r in requests)
-        logits = self._forward(requests, all_logits)
+        want_streams = self.drafter is not None and self.drafter.needs_streams
+        logits, streams = self._forward(requests, all_logits, want_streams)
         outputs = [RunOutput() for _ in requests]
         ends, start = [], 0
         for r, out in zip(requests, outputs):
@@ -127,35 +131,37 @@ class ModelRunner:
                 outputs[i].tokens = [result.tokens[j]]
                 outputs[i].logprob = result.logprobs[j]
                 outputs[i].top_logprobs = result.top_logprobs[j]
-        self._draft(requests, outputs)
-        return outputs
-
-    def _draft(self, requests: list[RunRequest], outputs: list[RunOutput]) -> None:
-        """Proposals for the next step of every speculating request that emitted tokens."""
-        for r, out in zip(requests, outputs):
-            spec = r.speculation
-            if spec is None or not spec.next_k or not out.tokens:
-                continue
+        if any(r.speculation is not None for r in requests):
             if self.drafter is None:
                 raise RuntimeError("speculative decoding was asked for, but the runner has no drafter")
-            out.drafts, out.draft_probs = self.drafter.propose(spec.key, spec.context + out.tokens, spec.next_k)
+            self.drafter.draft(requests, outputs, streams)
+        return outputs
 
-    def _forward(self, requests: list[RunRequest], all_logits: bool) -> torch.Tensor:
-        """The step's `ForwardBatch`, built on the host in a few calls, through the network."""
-        width = max(len(r.pages) for r in requests)
-        pages = [r.pages + [0] * (width - len(r.pages)) for r in requests]
-        swa = [[0 if s is None else s for s in r.swa_pages] + [0] * (width - len(r.swa_pages)) for r in requests]
-        tables = torch.tensor([pages, swa], dtype=torch.long)  # [2, B, max_pages]
-        batch = ForwardBatch(
-            input_ids=torch.tensor([t for r in requests for t in r.tokens], dtype=torch.long),
-            prefix_lens=[r.prefix_len for r in requests],
-            extend_lens=[len(r.tokens) for r in requests],
-            req_slots=[r.slot for r in requests],
-            page_table=tables[0],
-            swa_page_table=tables[1],
-            all_logits=all_logits,
-        )
-        return self.model(batch, self.kv)
+    def _forward(self, requests: list[RunRequest], all_logits: bool, want_streams: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = forward_batch([(r.prefix_len, r.tokens, r.slot, r.pages, r.swa_pages) for r in requests], all_logits)
+        if want_streams:
+            return self.model(batch, self.kv, return_streams=True)
+        return self.model(batch, self.kv), None
+
+
+def forward_batch(rows: list[tuple[int, list[int], int, list[int], list[int | None]]],
+                  all_logits: bool = False) -> ForwardBatch:
+    """A `ForwardBatch` from (prefix length, new tokens, ring slot, pages, SWA pages) per request,
+    built on the host in a few calls (the model moves it to the device in one copy)."""
+    width = max(len(pages) for _, _, _, pages, _ in rows)
+    pages = [p + [0] * (width - len(p)) for _, _, _, p, _ in rows]
+    swa = [[0 if s is None else s for s in w] + [0] * (width - len(w)) for _, _, _, _, w in rows]
+    tables = torch.tensor([pages, swa], dtype=torch.long)  # [2, B, max_pages]
+    return ForwardBatch(
+        input_ids=torch.tensor([t for _, ids, _, _, _ in rows for t in ids], dtype=torch.long),
+        prefix_lens=[prefix for prefix, _, _, _, _ in rows],
+        extend_lens=[len(ids) for _, ids, _, _, _ in rows],
+        req_slots=[slot for _, _, slot, _, _ in rows],
+        page_table=tables[0],
+        swa_page_table=tables[1],
+        all_logits=all_logits,
+    )
 
 
 def _verifies(r: RunRequest) -> bool:

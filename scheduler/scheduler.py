@@ -157,13 +157,13 @@ class Scheduler:
         """Choose this step's requests and token counts, give them their pages, describe the run."""
         plan = self._plan()
         while plan:  # make room; retraction may remove planned requests
-            need = sum(self.cache.pages_needed(r, n) for r, n in plan)
+            need = sum(self.cache.pages_needed(r, n + self._lookahead(r)) for r, n in plan)
             if self._make_room(need, [r for r, _ in plan]):
                 break
             self._retract(plan.pop()[0])  # the plan alone does not fit: retract its last request
         plan = [(r, n) for r, n in plan if r in self.running]
         for req, n in plan:
-            self.cache.allocate(req, n)
+            self.cache.allocate(req, n + self._lookahead(req))
         return [self._item(req, n) for req, n in plan]
 
     def _item(self, req: Request, n: int) -> ScheduledItem:
@@ -171,15 +171,21 @@ class Scheduler:
         samples = req.pending <= n and req.params.max_new_tokens > 0
         tokens = req.seq[req.computed:req.computed + n]
         drafts = req.drafts[:n - len(tokens)]
-        speculation = None
-        if samples and self._speculates(req):
-            speculation = Speculation(req.rid, req.seq, drafts, _first_rows(req.draft_probs, len(drafts)),
-                                      self.num_draft_tokens)
         run = RunRequest(slot=req.slot, prefix_len=req.computed, tokens=tokens + drafts, pages=req.pages,
                          swa_pages=req.swa_pages, restore_page=req.restore_page,
                          sampling=self._sampling_row(req) if samples else None,
-                         scoring=self._prompt_scoring(req, n) if scores else None, speculation=speculation)
+                         scoring=self._prompt_scoring(req, n) if scores else None,
+                         speculation=self._speculation(req, n, drafts, samples))
         return ScheduledItem(req, n, run, scores)
+
+    def _speculation(self, req: Request, n: int, drafts: list[int], samples: bool) -> Speculation | None:
+        """With speculation on, every request's step tells the drafter what it committed (a
+        drafter with state, like MTP, follows every token); only eligible requests get drafts."""
+        if not self.num_draft_tokens:
+            return None
+        following = req.seq[req.computed + n] if req.pending > n else None
+        next_k = self.num_draft_tokens if samples and self._speculates(req) else 0
+        return Speculation(req.rid, req.seq, drafts, _first_rows(req.draft_probs, len(drafts)), next_k, following)
 
     def process_results(self, batch: list[ScheduledItem], results: list[RunOutput]) -> list[StepOutput]:
         """Advance each request by what ran, cache its completed pages, emit its new tokens."""
@@ -319,6 +325,12 @@ class Scheduler:
             req.constraint is not None or req.return_logprob or req.wants_input_logprobs or p.logit_bias
             or p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
             or len(req.output_ids) < p.min_new_tokens)
+
+    def _lookahead(self, req: Request) -> int:
+        """Positions past this step a drafter may write provisional state at (MTP's chain)."""
+        if not self._speculates(req):
+            return 0
+        return max(0, min(self.num_draft_tokens, self.pools.sizes.max_tokens - len(req.seq) - self.num_draft_tokens))
 
     def _usable_drafts(self, req: Request) -> list[int]:
         """The drafts `req` verifies this step: none past its token limit."""

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from banyan.model.generate import SimpleSession, greedy_generate
 from banyan.model.linear import Linear
 from banyan.model.loader import CheckpointError, load_model
-from banyan.tests.conftest import random_prompt
+from banyan.model.make_tiny import make_tiny
+from banyan.tests.conftest import TINY_SEED, random_prompt
 
 # The spec's formulas (docs/dsv4-spec.md §4.2-4.3), written out independently of the loader.
 SPEC_FP4 = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.float32)
@@ -73,8 +74,8 @@ def test_official_weights_dequantise_exactly(tiny_official, tiny_model):
             continue
         expected = spec_fp4(w, scale) if w.dtype == torch.int8 else spec_fp8(w, scale)
         if ".ffn.experts." in name:
-            layer, _, _, expert, which, _ = name.split(".")[1:]
-            got = params[f"layers.{layer}.ffn.experts.{which}"][int(expert)]
+            kind, layer, _, _, expert, which, _ = name.split(".")  # layers.{i} or mtp.{i}
+            got = params[f"{kind}.{layer}.ffn.experts.{which}"][int(expert)]
         else:
             got = params[name]
         assert torch.equal(got, expected), name
@@ -136,12 +137,16 @@ def test_missing_expert_is_named(tiny_official, tmp_path):
         load_model(tmp_path, progress=False)
 
 
-def test_unexpected_tensor_is_named_but_mtp_is_ignored(tiny_official, tmp_path):
+def test_unexpected_tensor_is_named_but_mtp_copies_of_shared_tensors_are_skipped(tiny_official, tmp_path):
     def add(raw):
-        raw["mtp.0.e_proj.weight"] = torch.zeros(4, 4)
-        raw["mtp.0.emb.tok_emb.weight"] = torch.zeros(4, 4)
+        raw["mtp.0.emb.tok_emb.weight"] = torch.zeros(4, 4)  # copies of the shared embedding / head
+        raw["mtp.0.head.weight"] = torch.zeros(4, 4)
     _rewrite(tiny_official, tmp_path / "mtp", add)
-    load_model(tmp_path / "mtp", progress=False)
+    assert load_model(tmp_path / "mtp", progress=False).mtp is not None
+    _rewrite(tiny_official, tmp_path / "mtp-bad", lambda raw: raw.__setitem__("mtp.0.bogus.weight", torch.zeros(2)))
+    with pytest.raises(CheckpointError, match=r"unexpected tensor 'mtp\.0\.bogus\.weight'"):
+        load_model(tmp_path / "mtp-bad", progress=False)
+    assert load_model(tmp_path / "mtp-bad", progress=False, mtp="no").mtp is None  # all mtp.* skipped
     _rewrite(tiny_official, tmp_path / "bad", lambda raw: raw.__setitem__("layers.0.attn.bogus.weight", torch.zeros(2)))
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'layers\.0\.attn\.bogus\.weight'"):
         load_model(tmp_path / "bad", progress=False)
@@ -169,14 +174,18 @@ def test_missing_checkpoint_files_are_reported(tmp_path):
 # ---- what transformers >= 5.24 writes ---------------------------------------------------------
 
 def save_with_transformers(oracle, out, built: bool):
-    """`save_pretrained` with the installed transformers: of the oracle itself (which it loaded
-    from transformers 5.23 names), or (`built`) of a model it constructed from the config."""
+    """`save_pretrained` with the installed transformers: of a model it loaded from transformers
+    5.23 names, or (`built`) of a model it constructed from the config. (The loaded one comes from
+    a checkpoint without `mtp.*` tensors: skipping unexpected tensors on load makes transformers
+    save official names instead.)"""
     from transformers import DeepseekV4ForCausalLM
 
-    model = oracle
     if built:
         model = DeepseekV4ForCausalLM._from_config(oracle.config, dtype=torch.float32)
         model.load_state_dict(oracle.state_dict())
+    else:
+        source = make_tiny(out.parent / f"{out.name}-source", layout="transformers", seed=TINY_SEED, mtp=False)
+        model = DeepseekV4ForCausalLM.from_pretrained(source, dtype=torch.float32)
     model.save_pretrained(out)
     return out
 
@@ -205,7 +214,8 @@ def test_transformers_save_pretrained_layouts_are_what_we_map(saved_by_transform
 @pytest.mark.parametrize("kind", ["built", "resaved"])
 def test_transformers_saved_checkpoints_load_exactly(saved_by_transformers, tiny_model, kind):
     loaded = load_model(saved_by_transformers[kind], progress=False)
-    ref = tiny_model.state_dict()
+    assert loaded.mtp is None  # transformers keeps no MTP layer
+    ref = {k: v for k, v in tiny_model.state_dict().items() if not k.startswith("mtp.")}
     assert loaded.state_dict().keys() == ref.keys()
     assert all(torch.equal(v, ref[k]) for k, v in loaded.state_dict().items())
 
@@ -242,8 +252,8 @@ def test_native_load_keeps_the_stored_bytes(tiny_official, native_model, tiny_mo
     assert isinstance(native_model.layers[0].ffn.experts.w1, Linear)
     stored = {name: t for name, t in raw.items() if t.dtype in (torch.float8_e4m3fn, torch.int8, torch.float8_e8m0fnu)}
     for name, tensor in stored.items():
-        m = re.match(r"^layers\.(\d+)\.ffn\.experts\.(\d+)\.(w[123])\.(weight|scale)$", name)
-        got = state[f"layers.{m[1]}.ffn.experts.{m[3]}.{m[4]}"][int(m[2])] if m else state[name]
+        m = re.match(r"^((?:layers|mtp)\.\d+)\.ffn\.experts\.(\d+)\.(w[123])\.(weight|scale)$", name)
+        got = state[f"{m[1]}.ffn.experts.{m[3]}.{m[4]}"][int(m[2])] if m else state[name]
         assert got.dtype == tensor.dtype and torch.equal(got.view(torch.uint8), tensor.view(torch.uint8)), name
     # resident = the dense model with each quantised weight's fp32 copy traded for its stored bytes
     dense = tiny_model.state_dict()

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from banyan.model.drafters import ContextDrafter
 from banyan.model.kv_cache import V4KVCache
 from banyan.model.runner import ModelRunner
 from banyan.scheduler.pools import MemoryPools, PoolSizes
@@ -18,7 +19,7 @@ from banyan.tests.conftest import random_prompt
 from banyan.tests.scheduler.test_scheduler import P, make_scheduler, run_all
 
 
-class ScriptedDrafter:
+class ScriptedDrafter(ContextDrafter):
     """Proposes the reference continuation, with a seeded share of wrong drafts."""
 
     def __init__(self, prompts: dict[str, list[int]], refs: dict[str, list[int]], wrong: float, seed: int = 0):
