@@ -261,12 +261,13 @@ class BackgroundCompiler:
     """`GrammarCompiler` on a small thread pool (xgrammar releases the GIL while compiling).
 
     The pool is small on purpose: a compile past its deadline keeps its thread until xgrammar
-    returns, so runaway grammars can occupy at most `threads` cores. The vocabulary index is
+    returns, so runaway grammars can occupy at most `threads` cores (each compile runs on one
+    thread, so that it takes cores from the model's steps no faster). The vocabulary index is
     built on first use, on a worker as well."""
 
     def __init__(self, tokenizer, vocab_size: int, timeout: float, threads: int = 2) -> None:
         self.timeout = timeout
-        self._make = lambda: GrammarCompiler(tokenizer, vocab_size)
+        self._make = lambda: GrammarCompiler(tokenizer, vocab_size, max_threads=1)
         self._compiler: GrammarCompiler | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="banyan-grammar")

@@ -15,12 +15,13 @@ from typing import Any, AsyncIterator
 
 import msgspec
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse
 
 from ...scheduler.grammar import GrammarSpec
 from .errors import invalid
 from .logprobs import TokenTexts, native_logprobs, native_top_logprobs
-from .runner import Call, expand, generate, stream
+from .runner import Call, ClientGone, expand, generate, stream
 from .sse import event, start_stream
 from .state import ServerState, banyan_version, get_state
 
@@ -151,6 +152,8 @@ async def generate_route(http: Request):
         body = await http.json()
     except ValueError:
         raise invalid("the request body must be JSON") from None
+    except ClientDisconnect:  # gone while sending the body
+        raise ClientGone() from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
     groups, batched = await state.offload(_calls, state, body)
