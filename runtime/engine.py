@@ -127,7 +127,8 @@ def _child_main(target: Callable[..., None], *args: Any) -> None:
 class Engine:
     def __init__(self, model_path: str | None = None, on_death: Callable[[str], None] | None = None,
                  **options: Any) -> None:
-        """`on_death(reason)` runs on the receiver thread once, when a child process exits unasked."""
+        """`on_death(reason)` runs once, on whichever thread first sees a child process exit unasked
+        (the receiver, or a caller of `dead`)."""
         from ..model.default import default_model_dir
 
         self.options = EngineOptions(model_path=str(model_path or default_model_dir()), **options)
