@@ -20,7 +20,7 @@ DEFAULT_NAME = "banyan-tiny-v4"
 def default_model_dir() -> Path:
     """`$BANYAN_HOME/banyan-tiny-v4` (default `~/.cache/banyan`), created if missing."""
     home = Path(os.environ.get("BANYAN_HOME", Path.home() / ".cache" / "banyan"))
-    target = home / f"{DEFAULT_NAME}-seed{DEFAULT_SEED}"
+    target = home / f"{DEFAULT_NAME}-seed{DEFAULT_SEED}-mtp"  # -mtp: with its MTP layer
     if (target / "model.safetensors").exists():
         return target
     home.mkdir(parents=True, exist_ok=True)

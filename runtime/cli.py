@@ -71,7 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         schedule_policy=args.schedule_policy, max_running_requests=args.max_running_requests,
         kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), mem_fraction=args.mem_fraction,
         enable_prefix_cache=not args.disable_radix_cache, max_model_len=args.max_model_len,
-        swa_fraction=args.swa_fraction,
+        swa_fraction=args.swa_fraction, prefill_waiting_share=args.prefill_waiting_share,
+        speculative_algorithm=args.speculative_algorithm,
+        speculative_num_draft_tokens=args.speculative_num_draft_tokens,
         watchdog_timeout=args.watchdog_timeout, grammar_compile_timeout=args.grammar_compile_timeout)
     options.validate()
     hub_id = args.model_path if args.model_path and is_hub_id(args.model_path) else None
@@ -107,6 +109,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable-radix-cache", action="store_true", help="turn the prefix cache off")
     p.add_argument("--swa-fraction", type=float, default=1.0,
                    help="sliding-window pages per compressed page; below 1 trades resume points for capacity")
+    p.add_argument("--prefill-waiting-share", type=float, default=0.25,
+                   help="share of the per-step prefill budget a long prompt leaves to newer requests")
+    p.add_argument("--speculative-algorithm", type=str.lower, choices=["mtp", "nextn", "eagle"], default=None,
+                   help="speculative decoding with the checkpoint's MTP layer (NEXTN / EAGLE are aliases)")
+    p.add_argument("--speculative-num-draft-tokens", type=int, default=2,
+                   help="drafts verified per step with --speculative-algorithm (1-4)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--default-thinking", action="store_true",
                    help="chat requests that do not choose a reasoning mode use thinking mode")

@@ -21,6 +21,9 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     mem_fraction: float = 0.85  # on CUDA: fraction of free memory for the state pools
     enable_prefix_cache: bool = True
     swa_fraction: float = 1.0  # sliding-window pages per compressed page (see scheduler.pools)
+    prefill_waiting_share: float = 0.25  # budget share a long prefill leaves to other requests (Scheduler)
+    speculative_algorithm: str | None = None  # "mtp" (aliases nextn, eagle): draft with the MTP layer
+    speculative_num_draft_tokens: int = 2  # K drafts per verify step
     max_model_len: int | None = None
     startup_timeout: float = 300.0
     watchdog_timeout: float = 300.0  # a model step running longer than this kills the scheduler
@@ -33,12 +36,18 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     def validate(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.schedule_policy not in ("fcfs", "lpm"):
         if self.weight_format not in ("auto", *WEIGHT_FORMATS):
             raise ValueError(f"weight_format must be auto, native or dequant, got {self.weight_format!r}")
+        if self.schedule_policy not in ("fcfs", "lpm"):
             raise ValueError(f"schedule_policy must be fcfs or lpm, got {self.schedule_policy!r}")
         if self.chunked_prefill_size < 1 or self.max_running_requests < 1:
             raise ValueError("chunked_prefill_size and max_running_requests must be >= 1")
+        if self.speculative_algorithm not in (None, "mtp", "nextn", "eagle"):
+            raise ValueError(f"speculative_algorithm must be mtp (or nextn / eagle), got {self.speculative_algorithm!r}")
+        if not 1 <= self.speculative_num_draft_tokens <= 4:
+            raise ValueError(f"speculative_num_draft_tokens must be in [1, 4], got {self.speculative_num_draft_tokens}")
+        if not 0 <= self.prefill_waiting_share < 1:
+            raise ValueError(f"prefill_waiting_share must be in [0, 1), got {self.prefill_waiting_share}")
         if self.watchdog_timeout <= 0 or self.grammar_compile_timeout <= 0:
             raise ValueError("watchdog_timeout and grammar_compile_timeout must be > 0")
 

@@ -12,6 +12,7 @@ import zmq
 
 from ..model.footprint import startup_facts
 from ..model.loader import load_model
+from ..model.drafters import MTPDrafter
 from ..model.runner import ModelRunner
 from ..scheduler.grammar import BackgroundCompiler, GrammarError, GrammarState, PendingGrammar
 from ..scheduler.pools import MemoryPools, sizes_from_budget
@@ -29,8 +30,9 @@ log = logging.getLogger("banyan.scheduler")
 def build_scheduler(opts: EngineOptions):
     """The scheduler and the tokenizer it decodes stop strings with."""
     dtype = getattr(torch, opts.dtype)
+    speculate = opts.speculative_algorithm is not None
     model = load_model(opts.model_path, dtype=dtype, device=opts.device, progress=False,
-                       weight_format=opts.resolved_weight_format())
+                       weight_format=opts.resolved_weight_format(), mtp="yes" if speculate else "no")
     cfg = model.cfg
     page_size = opts.page_size or cfg.min_page_size
     budget = opts.kv_cache_bytes
@@ -41,9 +43,13 @@ def build_scheduler(opts: EngineOptions):
                               opts.chunked_prefill_size)
     pools = MemoryPools(sizes)
     tok = load_tokenizer(opts.model_path)
-    sched = Scheduler(ModelRunner(model, sizes.cache_shape()), pools, chunked_prefill_size=opts.chunked_prefill_size,
+    k = opts.speculative_num_draft_tokens if speculate else 0
+    shape = sizes.cache_shape(k)
+    runner = ModelRunner(model, shape, drafter=MTPDrafter(model, shape) if speculate else None)
+    sched = Scheduler(runner, pools, chunked_prefill_size=opts.chunked_prefill_size,
                       policy=opts.schedule_policy, enable_prefix_cache=opts.enable_prefix_cache,
                       max_running=opts.max_running_requests, waiting_share=opts.prefill_waiting_share,
+                      num_draft_tokens=k,
                       decode_text=lambda ids: tok.decode(ids, skip_special_tokens=False))
     return sched, tok
 
