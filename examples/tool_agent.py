@@ -20,11 +20,12 @@ def get_weather(city: Annotated[str, "the city name"], unit: Literal["celsius", 
     return {"city": city, "temperature": 21 if unit == "celsius" else 70, "unit": unit, "sky": "clear"}
 
 
-def convert_currency(amount: float, source: Annotated[str, {"pattern": "^[A-Z]{3}$"}],
+def convert_currency(amount: Annotated[str, {"pattern": "^[0-9]{1,9}([.][0-9]{1,2})?$"}],
+                     source: Annotated[str, {"pattern": "^[A-Z]{3}$"}],
                      target: Annotated[str, {"pattern": "^[A-Z]{3}$"}]) -> float:
-    """Convert an amount between two ISO currencies."""
+    """Convert an amount (a decimal string, as money usually travels) between two ISO currencies."""
     rates = {"EUR": 1.0, "USD": 1.1, "JPY": 160.0}
-    return round(amount / rates[source] * rates[target], 2)
+    return round(float(amount) / rates[source] * rates[target], 2)
 
 
 @sgl.function

@@ -27,10 +27,10 @@ _STORED_BYTES = {"bf16": 2, "fp32": 4, "int64": 8}
 GIB = 1 << 30
 
 
-def native_formats(cfg: ModelConfig) -> dict[str, tuple[str, torch.dtype]]:
+def native_formats(cfg: ModelConfig, mtp: bool = False) -> dict[str, tuple[str, torch.dtype]]:
     """Module path -> (format, scale dtype) of what the official checkpoint quantises."""
     with torch.device("meta"):
-        names = DeepseekV4(cfg).state_dict().keys()
+        names = DeepseekV4(cfg, mtp=mtp).state_dict().keys()
     out = {}
     for name in names:
         fmt = stored_format(name, cfg)
@@ -39,10 +39,10 @@ def native_formats(cfg: ModelConfig) -> dict[str, tuple[str, torch.dtype]]:
     return out
 
 
-def _meta_state(cfg: ModelConfig, dtype: torch.dtype,
-                formats: dict[str, tuple[str, torch.dtype]] | None = None) -> dict[str, torch.Tensor]:
+def _meta_state(cfg: ModelConfig, dtype: torch.dtype, formats: dict[str, tuple[str, torch.dtype]] | None = None,
+                mtp: bool = False) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        model = DeepseekV4(cfg, dtype=dtype)
+        model = DeepseekV4(cfg, dtype=dtype, mtp=mtp)
     to_native(model, formats or {})
     return model.state_dict()
 
@@ -51,18 +51,18 @@ def _module_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if name.endswith((".weight", ".scale")) else name
 
 
-def weight_bytes(cfg: ModelConfig) -> dict[str, dict[str, int]]:
-    """Per weight format: `total` bytes and the `routed_experts` part."""
-    formats = native_formats(cfg)
+def weight_bytes(cfg: ModelConfig, mtp: bool = False) -> dict[str, dict[str, int]]:
+    """Per weight format: `total` bytes and the `routed_experts` part (`mtp`: with the MTP layer)."""
+    formats = native_formats(cfg, mtp)
     out = {}
-    native = _meta_state(cfg, torch.bfloat16, formats)
+    native = _meta_state(cfg, torch.bfloat16, formats, mtp)
     checkpoint = {name: t.numel() * (t.element_size() if _module_of(name) in formats
                                      else _STORED_BYTES[stored_format(name, cfg)])
                   for name, t in native.items()}
     out["checkpoint"] = checkpoint
     out["native_bf16"] = {name: t.numel() * t.element_size() for name, t in native.items()}
     for label, dtype in (("dequant_bf16", torch.bfloat16), ("dequant_fp32", torch.float32)):
-        state = _meta_state(cfg, dtype)
+        state = _meta_state(cfg, dtype, mtp=mtp)
         out[label] = {name: t.numel() * t.element_size() for name, t in state.items()}
     return {label: {"total": sum(sizes.values()),
                     "routed_experts": sum(n for name, n in sizes.items() if is_stacked_expert(name))}

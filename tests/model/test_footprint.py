@@ -17,17 +17,18 @@ def _state_bytes(model: torch.nn.Module) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_weights():
-    return weight_bytes(ModelConfig.preset("tiny"))
+    return weight_bytes(ModelConfig.preset("tiny"), mtp=True)  # the tiny checkpoints carry an MTP layer
 
 
 def test_tiny_checkpoint_bytes_are_the_official_files_tensors(tiny_weights, tiny_official):
     with safe_open(tiny_official / "model.safetensors", framework="pt") as f:
         on_disk = sum(t.numel() * t.element_size() for t in (f.get_tensor(k) for k in f.keys()))
     assert tiny_weights["checkpoint"]["total"] == on_disk
-    # routed experts, by hand: 6 layers x 8 experts x (w1, w2, w3) x (64x64 FP4 nibbles + one E8M0 per 32)
-    assert tiny_weights["checkpoint"]["routed_experts"] == 6 * 8 * 3 * (64 * 64 // 2 + 64 * 64 // 32)
-    assert tiny_weights["dequant_fp32"]["routed_experts"] == 6 * 8 * 3 * 64 * 64 * 4
-    assert tiny_weights["dequant_bf16"]["routed_experts"] == 6 * 8 * 3 * 64 * 64 * 2
+    # routed experts, by hand: (6 layers + the MTP layer) x 8 experts x (w1, w2, w3) x
+    # (64x64 FP4 nibbles + one E8M0 per 32)
+    assert tiny_weights["checkpoint"]["routed_experts"] == 7 * 8 * 3 * (64 * 64 // 2 + 64 * 64 // 32)
+    assert tiny_weights["dequant_fp32"]["routed_experts"] == 7 * 8 * 3 * 64 * 64 * 4
+    assert tiny_weights["dequant_bf16"]["routed_experts"] == 7 * 8 * 3 * 64 * 64 * 2
 
 
 def test_resident_bytes_are_what_loading_allocates(tiny_weights, tiny_official, tiny_model):
