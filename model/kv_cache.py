@@ -89,7 +89,7 @@ class LayerCache:
     def __init__(self, cfg: ModelConfig, layer: int, shape: CacheShape,
                  dtype: torch.dtype, device: torch.device) -> None:
         self.kind = cfg.layer_kind(layer)
-        self.ratio = cfg.compress_ratios[layer]
+        self.ratio = cfg.ratio_of(layer)
         self.swa = torch.zeros(shape.num_swa_pages * shape.page_size, cfg.head_dim, dtype=dtype, device=device)
         self.compressor: CompressorStore | None = None
         self.indexer: CompressorStore | None = None

@@ -116,7 +116,7 @@ def test_bf16_model_tracks_fp32(tiny_official):
 def _with_index_topk(model, topk: int):
     from banyan.model.network import DeepseekV4
 
-    other = DeepseekV4(model.cfg.replace(index_topk=topk))
+    other = DeepseekV4(model.cfg.replace(index_topk=topk), mtp=model.mtp is not None)
     other.load_state_dict(model.state_dict())
     return other.eval()
 
