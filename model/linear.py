@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.linear import expert_linear, grouped_linear, linear
@@ -52,6 +53,8 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x [..., in] -> [..., out]`."""
+        if self.quant is None:  # the dense case of `linear`, without building its argument (hot at batch 1)
+            return F.linear(x, self.weight.to(x.dtype))
         return linear(x, self.quantized())
 
     def grouped(self, x: torch.Tensor) -> torch.Tensor:
