@@ -143,7 +143,7 @@ class Builder:
         return rope_table(positions, rope_inv_freq(rope_dim, 160000.0, 16.0).to(self.device))
 
     def fp8_pool(self, rows: int, page_rows: int, dim: int):
-        from ..kernels.triton.ref.formats import FP8KVCache
+        from ..kernels.kv_formats import FP8KVCache
 
         pool = FP8KVCache.empty(rows, page_rows, device=self.device)
         pool.write(torch.arange(rows, device=self.device), self.randn(rows, dim, dtype=torch.float32))
@@ -205,7 +205,7 @@ def attention_cases(b: Builder, s: Shapes) -> list[Case]:
     from ..kernels.sparse_attention import KVIndex
     from ..kernels.triton import indexer, sparse_attn
     from ..kernels.triton.ref import attention as ref
-    from ..kernels.triton.ref.formats import FP8IndexerKeys
+    from ..kernels.kv_formats import FP8IndexerKeys
 
     cases = []
     t, e = s.tokens, s.entries
@@ -251,7 +251,7 @@ def small_op_cases(b: Builder, s: Shapes) -> list[Case]:
     from ..kernels.triton import compressor, mhc, prologue, sampling
     from ..kernels.triton.ref import attention as ref
     from ..kernels.triton.ref import sampling as sampling_ref
-    from ..kernels.triton.ref.formats import FP8KVCache
+    from ..kernels.kv_formats import FP8KVCache
 
     t, n, d = s.tokens, 4, s.hidden
     x, fn = b.randn(t, n, d), b.randn(24, n * d, dtype=torch.float32, std=0.02)

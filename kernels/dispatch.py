@@ -41,7 +41,7 @@ import torch
 from .indexer import QueryGroup
 from .quant import QuantizedWeight
 from .sparse_attention import KVIndex
-from .triton.ref.formats import KVPool
+from .kv_formats import KVPool
 from .triton.ref.attention import IndexerKeys
 
 ENV = "BANYAN_KERNELS"

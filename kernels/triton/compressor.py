@@ -12,7 +12,7 @@ import torch
 
 from ._compat import check_device, pow2, rope_arg, rotate_tail, triton, tl
 from .kv_write import pool_args, write_row
-from .ref.formats import KVPool
+from ..kv_formats import KVPool
 
 
 @triton.jit

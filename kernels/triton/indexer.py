@@ -18,7 +18,7 @@ import torch
 
 from ..indexer import QueryGroup
 from ._compat import check_device, dot_operand, pow2, triton, tl
-from .ref.formats import FP8IndexerKeys
+from ..kv_formats import FP8IndexerKeys
 
 IndexerKeys = torch.Tensor | FP8IndexerKeys
 

@@ -1,13 +1,13 @@
 """Writing one finished KV row into a pool: float rows as they are (optionally through the
 official FP8 QDQ of the no-RoPE dims) or FP8 rows in the 584-byte MODEL1 layout
-(`ref.formats.FP8KVCache`). Shared by the kv prologue and the compressor's window close."""
+(`kernels.kv_formats.FP8KVCache`). Shared by the kv prologue and the compressor's window close."""
 
 from __future__ import annotations
 
 import torch
 
 from ._compat import cast, pow2_ceil, tl, triton
-from .ref.formats import KV_QUANT_BLOCK, FP8KVCache, KVPool
+from ..kv_formats import KV_QUANT_BLOCK, FP8KVCache, KVPool
 
 _QB = tl.constexpr(KV_QUANT_BLOCK)
 

@@ -20,7 +20,7 @@ import torch
 
 from ..sparse_attention import KVIndex
 from ._compat import INTERPRET, cast, check_device, dot_operand, e8m0_to_f32, pow2, rope_arg, rotate_tail, triton, tl
-from .ref.formats import KV_QUANT_BLOCK, FP8KVCache, KVPool
+from ..kv_formats import KV_QUANT_BLOCK, FP8KVCache, KVPool
 
 LOG2E = 1.4426950408889634  # scores and the sink run in base 2
 _LOG2E = tl.constexpr(LOG2E)

@@ -21,7 +21,7 @@ from ...indexer import QueryGroup
 from ...norm import rms_norm
 from ...rope import apply_rope_
 from ...sparse_attention import KVIndex
-from .formats import FP8IndexerKeys, FP8KVCache, KVPool, fp8_qdq, write_rows
+from ...kv_formats import FP8IndexerKeys, FP8KVCache, KVPool, fp8_qdq, write_rows
 
 
 def _float_pool(pool: KVPool, index: KVIndex) -> tuple[torch.Tensor, KVIndex]:

@@ -7,7 +7,7 @@ import torch
 
 from ... import linear as linear_ref
 from ...quant import QuantizedWeight
-from .formats import act_quant_1x128
+from ...kv_formats import act_quant_1x128
 
 
 def _act_qdq(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from banyan.kernels import dispatch
 from banyan.kernels.indexer import QueryGroup
 from banyan.kernels.rope import rope_inv_freq, rope_table
 from banyan.kernels.sparse_attention import KVIndex
-from banyan.kernels.triton.ref.formats import FP8IndexerKeys, FP8KVCache
+from banyan.kernels.kv_formats import FP8IndexerKeys, FP8KVCache
 
 
 def _rows(pool, rows: list[int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from banyan.kernels import dispatch
 from banyan.kernels.quant import QuantizedWeight, dequantize_fp8, float_to_e8m0, quantize_fp4, quantize_fp8
-from banyan.kernels.triton.ref.formats import act_quant_1x128
+from banyan.kernels.kv_formats import act_quant_1x128
 
 
 def _fp8_weight(gen: torch.Generator, n: int, k: int) -> QuantizedWeight:

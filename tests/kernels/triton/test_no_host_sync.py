@@ -13,7 +13,7 @@ from banyan.kernels.indexer import QueryGroup
 from banyan.kernels.quant import QuantizedWeight, quantize_fp8
 from banyan.kernels.rope import rope_inv_freq, rope_table
 from banyan.kernels.sparse_attention import KVIndex
-from banyan.kernels.triton.ref.formats import FP8KVCache
+from banyan.kernels.kv_formats import FP8KVCache
 
 
 def _host_read(*args, **kwargs):

@@ -9,7 +9,7 @@ from banyan.kernels import dispatch
 from banyan.kernels.compress import softmax_pool
 from banyan.kernels.norm import rms_norm
 from banyan.kernels.rope import apply_rope_, rope_inv_freq, rope_table
-from banyan.kernels.triton.ref.formats import FP8KVCache, fp8_qdq
+from banyan.kernels.kv_formats import FP8KVCache, fp8_qdq
 
 SENTINEL = 7.0  # pool rows the padding must leave alone
 

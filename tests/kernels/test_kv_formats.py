@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from banyan.kernels.triton.ref.formats import (FP8IndexerKeys, FP8KVCache, KVRowFormat, act_quant_1x128, fp8_qdq,
-                                               pow2_scale)
+from banyan.kernels.kv_formats import (FP8IndexerKeys, FP8KVCache, KVRowFormat, act_quant_1x128, fp8_qdq,
+                                      pow2_scale)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
 
 
 def _official_qdq(x: torch.Tensor, block: int) -> torch.Tensor:

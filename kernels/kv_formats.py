@@ -1,4 +1,5 @@
-"""Torch definitions of the cache and activation formats the GPU kernels read and write.
+"""Torch definitions of the KV-cache and activation formats (what the pools store, what the
+kernels read and write).
 
 * Official activation quantisation (`act_quant_1x128`): 1x128 blocks along K, power-of-two
   scales `2**ceil(log2(max(amax, 1e-4) / 448))`, e4m3 values.
@@ -24,8 +25,12 @@ KV_QUANT_BLOCK = 64
 
 
 def pow2_scale(amax: torch.Tensor) -> torch.Tensor:
-    """The official power-of-two scale for e4m3: `2**ceil(log2(max(amax, 1e-4) / 448))`."""
-    return torch.exp2(torch.ceil(torch.log2(amax.float().clamp(min=1e-4) / FP8_MAX)))
+    """The official power-of-two scale for e4m3: `2**ceil(log2(max(amax, 1e-4) / 448))`.
+
+    Exact, from the fp32 ratio's exponent and mantissa (as the Triton kernels compute it):
+    a float `log2` rounds `2**k * (1 + 2**-23)` to `k` and would pick a scale half as large."""
+    mantissa, exponent = torch.frexp(amax.float().clamp(min=1e-4) / FP8_MAX)  # ratio = mantissa * 2**exponent
+    return torch.ldexp(torch.ones_like(mantissa), exponent - (mantissa == 0.5).to(exponent.dtype))
 
 
 def _blockwise(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
