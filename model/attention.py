@@ -1,16 +1,18 @@
 """The V4 attention block: shared-KV MQA over each query's sliding window plus, for CSA
 layers, the compressed entries the lightning indexer selects, and for HCA layers every
-visible compressed entry. Each query's rows are explicit lists (`kernels.sparse_attention`)."""
+visible compressed entry. Each query's rows are explicit lists (`kernels.sparse_attention`).
+
+The hot ops (q norm + RoPE, the kv insert, sparse attention, the indexer's top-k) go through
+`kernels.dispatch`, which picks the torch reference or the Triton kernel per call."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..kernels.indexer import indexer_topk
-from ..kernels.norm import rms_norm
+from ..kernels import dispatch
 from ..kernels.rope import apply_rope_
-from ..kernels.sparse_attention import KVIndex, sparse_attention
+from ..kernels.sparse_attention import KVIndex
 from .batch import BatchPlan
 from .compressor import Compressor
 from .config import CSA, SWA, ModelConfig
@@ -37,7 +39,7 @@ class Indexer(nn.Module):
         q = self.wq_b(qr).view(x.shape[0], self.n_heads, self.head_dim)
         q = apply_rope_(q, rope.for_kind(CSA)[0])
         weights = self.weights_proj(x).float().mul_((self.n_heads * self.head_dim) ** -0.5)
-        rows = indexer_topk(q, weights, store.entries, plan.indexer_groups, self.topk)
+        rows = dispatch.indexer_topk(q, weights, store.entries, plan.indexer_groups, self.topk)
         return KVIndex(rows, plan.csa_lens)
 
 
@@ -63,15 +65,14 @@ class Attention(nn.Module):
         n = x.shape[0]
         table, inverse = rope.for_kind(self.kind)
         qr = self.q_norm(self.wq_a(x))
-        q = apply_rope_(rms_norm(self.wq_b(qr).view(n, self.n_heads, self.head_dim), None, self.eps), table)
-        kv = apply_rope_(self.kv_norm(self.wkv(x)), table)
-        cache.swa.index_copy_(0, plan.swa_slots, kv.to(cache.swa.dtype))
+        q = dispatch.norm_rope(self.wq_b(qr).view(n, self.n_heads, self.head_dim), None, self.eps, table)
+        dispatch.kv_insert(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, table, cache.swa, plan.swa_slots)
         extra, extra_index = None, None
         if self.compressor is not None:
             self.compressor(x, plan, cache.compressor, rope)
             extra = cache.compressor.entries
             extra_index = self.indexer(x, qr, plan, cache.indexer, rope) if self.indexer is not None else plan.hca
 
-        out = sparse_attention(q, cache.swa, plan.window, self.attn_sink, self.head_dim ** -0.5, extra, extra_index)
-        out = apply_rope_(out, inverse).view(n, self.groups, -1)  # [N, G, H/G * hd]
+        out = dispatch.sparse_attention(q, cache.swa, plan.window, self.attn_sink, self.head_dim ** -0.5, extra,
+                                        extra_index, inverse).view(n, self.groups, -1)  # [N, G, H/G * hd]
         return self.wo_b(self.wo_a.grouped(out).flatten(1))  # wo_a: [N, G, R]

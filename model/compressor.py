@@ -5,7 +5,8 @@ are `2d` wide: the first half (Ca) feeds the *next* window's entry, the second h
 the current window's. Entries are RMS-normed and RoPE'd at position `w * m`.
 
 What closes in a batch (entries, page snapshots) is known from the batch's lengths, so
-the plan decides on the host which steps run; no step looks at device values.
+the plan decides on the host which steps run; no step looks at device values. A closing
+window's pooling, norm, RoPE and insert is one `kernels.dispatch.compress_close`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.compress import softmax_pool
-from ..kernels.rope import apply_rope_
+from ..kernels import dispatch
 from .batch import BatchPlan, RowSource
 from .kv_cache import CompressorStore
 from .linear import Linear
@@ -54,9 +54,8 @@ class Compressor(nn.Module):
             if self.overlap:  # Ca of the previous window, then Cb of this one
                 slots = torch.cat([slots[:, :m, :, :d], slots[:, m:, :, d:]], dim=1)
             slot_score = slots[:, :, 1].masked_fill(~em.row_source.valid.unsqueeze(-1), float("-inf"))
-            entries = self.norm(softmax_pool(slots[:, :, 0], slot_score))
-            entries = apply_rope_(entries, rope.entries(m, self.overlap))
-            store.entries.index_copy_(0, em.entry_slots, entries.to(store.entries.dtype))
+            dispatch.compress_close(slots[:, :, 0], slot_score, self.norm.weight, self.norm.eps,
+                                    rope.entries(m, self.overlap), store.entries, em.entry_slots)
 
         if em.num_snapshots:
             last = _gather_rows(rows, store.ring, em.snapshot_source)  # [P, m, 2, width]
