@@ -136,8 +136,13 @@ def test_grouped_linear_is_wo_a_einsum(fmt):
     # tiny wo_a: 2 groups of 32 rows (inside one FP8 row block); and 4 groups of 128 rows
     for t, g, r, d in [(5, 2, 32, 256), (40, 4, 128, 64)]:
         w, x = _weight(fmt, g * r, d), _x(t, g, d)
-        ref = torch.einsum("ngd,grd->ngr", x, w.dequantize().view(g, r, d))
-        assert torch.equal(grouped_linear(x, w), ref)
+        dense = w.dequantize().view(g, r, d)
+        out = grouped_linear(x, w)
+        # tile by tile is exactly the per-group matmul of the whole dequantised weight; the batched
+        # einsum may sum in another order on some BLAS builds (AMD EPYC: 1 ulp), hence close there
+        if fmt != "dense":  # dense runs the einsum itself
+            assert torch.equal(out, torch.stack([F.linear(x[:, j], dense[j]) for j in range(g)], dim=1))
+        torch.testing.assert_close(out, torch.einsum("ngd,grd->ngr", x, dense), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="do not split into 3 groups"):
         grouped_linear(_x(2, 3, 256), _weight(fmt, 64, 256))
 
