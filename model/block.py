@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .kv_cache import LayerCache
 from .moe import MoE
 from .norm import RMSNorm
+from .parallel import SINGLE, Parallel
 from .positional import RopeTables
 
 
@@ -24,7 +25,7 @@ def _hc_params(module: nn.Module, prefix: str, cfg: ModelConfig) -> None:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
         super().__init__()
         self.cfg = cfg
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

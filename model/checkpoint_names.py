@@ -139,6 +139,34 @@ def targets(name: str, moe_intermediate_size: int) -> list[Target] | None:
     return None
 
 
+# Tensor-parallel split dim of Banyan tensors (the official layout, mtp-and-parallelism.md §B1):
+# query heads of `wq_b` and the sinks, output groups of `wo_a`, input columns of `wo_b`,
+# and the intermediate dim of the shared expert. Everything else in a layer is replicated.
+_TP_DIMS = {"attn.wq_b.weight": 0, "attn.attn_sink": 0, "attn.wo_a.weight": 0, "attn.wo_b.weight": 1,
+            "ffn.shared_experts.w1.weight": 0, "ffn.shared_experts.w3.weight": 0,
+            "ffn.shared_experts.w2.weight": 1}
+# Routed experts under TP alone: the intermediate dim of each expert's matrix.
+_EXPERT_TP_DIMS = {"w1": 0, "w3": 0, "w2": 1}
+_VOCAB_PARALLEL = ("embed.weight", "head.weight")
+
+
+def tp_split_dim(param: str, expert_parallel: bool) -> int | None:
+    """The dim of Banyan tensor `param` that tensor parallelism splits (per expert matrix for
+    stacked experts), or None if every rank holds all of it. Under expert parallelism the
+    experts are partitioned instead, and the shared expert is replicated."""
+    if param in _VOCAB_PARALLEL:
+        return 0
+    m = _LAYER_RE.match(param)
+    if m is None:
+        return None
+    rest = m[2]
+    if is_stacked_expert(param):
+        return None if expert_parallel else _EXPERT_TP_DIMS[rest.split(".")[2]]  # ffn.experts.w1[.weight]
+    if expert_parallel and rest.startswith("ffn.shared_experts."):
+        return None
+    return _TP_DIMS.get(rest)
+
+
 def to_transformers(name: str) -> str:
     """Official (non-expert) name -> transformers 5.23 name."""
     if name in _TOP:

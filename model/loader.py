@@ -19,12 +19,13 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from ..kernels.quant import QuantizedWeight, dequantize_into
-from .checkpoint_names import Target, is_ignored, is_stacked_expert, mtp_kind, scale_names, targets
+from ..kernels.quant import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, dequantize_into
+from .checkpoint_names import Target, is_ignored, is_stacked_expert, mtp_kind, scale_names, targets, tp_split_dim
 from .config import ModelConfig
 from .hub import resolve_model_path
 from .linear import to_native
 from .network import DeepseekV4
+from .parallel import SINGLE, Parallel, ParallelConfig
 
 INDEX_FILE = "model.safetensors.index.json"
 WEIGHT_FORMATS = ("dequant", "native")
@@ -78,17 +79,57 @@ class _Reader:
     def scale_of(self, name: str) -> str | None:
         return next((s for s in scale_names(name) if s in self.shards), None)
 
-    def stored(self, name: str) -> QuantizedWeight:
-        """Tensor `name` as stored, with its scale if it has one."""
-        tensor, scale = self.get(name), self.scale_of(name)
-        if scale is None:
-            return QuantizedWeight(tensor)
+    def format_of(self, name: str) -> str:
+        """'dense', or the quantised format of a tensor stored with a scale."""
+        if self.scale_of(name) is None:
+            return "dense"
         fmt = _QUANTIZED_DTYPES.get(self.dtype(name))
         if fmt is None:
             raise CheckpointError(f"tensor {name!r} has a scale but dtype {self.dtype(name)}, "
                                   f"not FP8 (F8_E4M3) or packed FP4 (I8)")
+        return fmt
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The logical (dequantised) shape, read from the header."""
+        shape = tuple(self._handle(name).get_slice(name).get_shape())
+        return (*shape[:-1], 2 * shape[-1]) if self.format_of(name) == "fp4" else shape
+
+    def stored(self, name: str) -> QuantizedWeight:
+        """Tensor `name` as stored, with its scale if it has one."""
+        fmt = self.format_of(name)
+        if fmt == "dense":
+            return QuantizedWeight(self.get(name))
+        return self._quantized(self.get(name), self.get(self.scale_of(name)), fmt, name)
+
+    def stored_part(self, name: str, region: tuple[slice, ...]) -> tuple[QuantizedWeight, tuple[slice, ...] | None]:
+        """The part `region` (slices of the logical shape) of tensor `name`, reading only the
+        bytes it covers. A quantised part is widened to whole scale blocks; then the second item
+        is the region within that part (None when `region` was block-aligned)."""
+        fmt = self.format_of(name)
+        data = self._handle(name).get_slice(name)
+        if fmt == "dense":
+            return QuantizedWeight(data[region]), None
+        shape = self.shape(name)
+        blocks = [1] * (len(shape) - 2) + ([FP8_BLOCK, FP8_BLOCK] if fmt == "fp8" else [1, FP4_BLOCK])
+        aligned = tuple(slice(r.start // b * b, min(-(-r.stop // b) * b, n)) for r, b, n in zip(region, blocks, shape))
+        *lead, rows, cols = aligned
+        if fmt == "fp8":
+            scale_region = (*lead, slice(rows.start // FP8_BLOCK, -(-rows.stop // FP8_BLOCK)),
+                            slice(cols.start // FP8_BLOCK, -(-cols.stop // FP8_BLOCK)))
+            data_region = aligned
+        else:
+            scale_region = (*lead, rows, slice(cols.start // FP4_BLOCK, cols.stop // FP4_BLOCK))
+            data_region = (*lead, rows, slice(cols.start // 2, cols.stop // 2))
+        scale_name = self.scale_of(name)
+        part = self._quantized(data[data_region], self._handle(scale_name).get_slice(scale_name)[scale_region], fmt,
+                               name)
+        inner = tuple(slice(r.start - a.start, r.stop - a.start) for r, a in zip(region, aligned))
+        return part, None if aligned == tuple(region) else inner
+
+    @staticmethod
+    def _quantized(data: torch.Tensor, scale: torch.Tensor, fmt: str, name: str) -> QuantizedWeight:
         try:
-            return QuantizedWeight(tensor, self.get(scale), fmt)
+            return QuantizedWeight(data, scale, fmt)
         except ValueError as exc:
             raise CheckpointError(f"tensor {name!r}: {exc}") from None
 
@@ -112,7 +153,9 @@ class _Slots:
                 return name
         raise CheckpointError(f"unexpected tensor {source!r}: the model has no parameter {param!r}")
 
-    def fill(self, dest: Target, stored: QuantizedWeight, source: str) -> None:
+    def fill(self, dest: Target, stored: QuantizedWeight, source: str, inner: tuple[slice, ...] | None = None
+             ) -> None:
+        """Copy `stored` (or its `inner` region: a rank's slice that cuts through scale blocks) into `dest`."""
         name = self.resolve(dest.param, source)
         scale_name = name.removesuffix(".weight") + ".scale" if name.endswith(".weight") else None
         native_scale = self.tensors.get(scale_name) if scale_name else None
@@ -124,6 +167,12 @@ class _Slots:
             part = dest.take(stored)
         except ValueError as exc:
             raise CheckpointError(f"tensor {source!r}: {exc}") from None
+        if inner is not None:
+            if native_scale is not None:
+                raise CheckpointError(f"tensor {source!r}: this rank's tensor-parallel slice cuts through its "
+                                      f"{part.fmt} scale blocks, so it cannot stay stored; use a tensor-parallel "
+                                      f"size whose slices are whole blocks, or weight_format='dequant'")
+            part = QuantizedWeight(part.dequantize()[inner])
         if native_scale is None:
             self._fill_dense(self._at(name, index), part, source)
         else:
@@ -180,6 +229,41 @@ class _Slots:
         return out
 
 
+def _shard(dest: Target, shape: tuple[int, ...], par: ParallelConfig, n_experts: int, source: str
+           ) -> tuple[Target, tuple[slice, ...] | None] | None:
+    """Where this rank's part of checkpoint tensor `source` (logical `shape`) goes: the target
+    with its expert index made local, and the region of the tensor to read (None: all of it);
+    None if the tensor holds only another rank's experts."""
+    index, lead = dest.index, 0
+    region = [slice(0, n) for n in shape]
+    if dest.rows is not None:
+        region[-2] = dest.rows
+    if is_stacked_expert(dest.param) and par.ep > 1:
+        local = n_experts // par.ep
+        first = par.ep_rank * local
+        if index is not None:
+            if not first <= index < first + local:
+                return None
+            index -= first
+        else:
+            region[0] = slice(first, first + local)
+    if is_stacked_expert(dest.param) and dest.index is None:
+        lead = 1  # a fused [E, N, K] tensor: split dims count from the expert dim's right
+    dim = tp_split_dim(dest.param, par.ep > 1) if par.tp > 1 else None
+    if dim is not None:
+        r = region[lead + dim]
+        size = r.stop - r.start
+        if size % par.tp:
+            raise CheckpointError(f"tensor {source!r}: dim {lead + dim} ({size}) does not split into "
+                                  f"{par.tp} tensor-parallel parts")
+        part = size // par.tp
+        region[lead + dim] = slice(r.start + par.tp_rank * part, r.start + (par.tp_rank + 1) * part)
+    local_dest = Target(dest.param, index)
+    if all(r.start == 0 and r.stop == n for r, n in zip(region, shape)):
+        return local_dest, None
+    return local_dest, tuple(region)
+
+
 def _loadable(shards: dict[str, Path], reader: _Reader, with_mtp: bool) -> dict[Path, list[str]]:
     """Per shard, the tensors to load (not scales; MTP ones only `with_mtp`)."""
     scales = {s for name in shards if (s := reader.scale_of(name)) is not None}
@@ -192,21 +276,34 @@ def _loadable(shards: dict[str, Path], reader: _Reader, with_mtp: bool) -> dict[
 
 def load_weights(model: DeepseekV4, path: str | Path, progress: bool = True) -> None:
     """Fill `model` from the checkpoint at `path`. Raises `CheckpointError` naming any
-    missing, unexpected, doubly supplied or mis-shaped tensor."""
+    missing, unexpected, doubly supplied or mis-shaped tensor. A sharded model (built with a
+    `Parallel` of world size > 1) gets only its rank's slices, and only those are read."""
     path = Path(path)
-    cfg = model.cfg
+    cfg, par = model.cfg, model.parallel.config
     shards = checkpoint_shards(path)
     reader = _Reader(shards)
-    slots = _Slots(model, cfg.n_routed_experts)
+    slots = _Slots(model, cfg.n_routed_experts // par.ep)
     by_shard = _loadable(shards, reader, model.mtp is not None)
     for f in tqdm(sorted(by_shard), desc="Loading shards", unit="shard", disable=not progress):
         for name in by_shard[f]:
             dests = targets(name, cfg.moe_intermediate_size)
             if dests is None:
                 raise CheckpointError(f"unexpected tensor {name!r} in {f.name}")
-            stored = reader.stored(name)
+            if par.world_size == 1:
+                stored = reader.stored(name)
+                for dest in dests:
+                    slots.fill(dest, stored, name)
+                continue
+            shape = reader.shape(name)
             for dest in dests:
-                slots.fill(dest, stored, name)
+                if (local := _shard(dest, shape, par, cfg.n_routed_experts, name)) is None:
+                    continue
+                local_dest, region = local
+                if region is None:
+                    slots.fill(local_dest, reader.stored(name), name)
+                else:
+                    part, inner = reader.stored_part(name, region)
+                    slots.fill(local_dest, part, name, inner)
     reader.close()
     missing = slots.missing()
     if missing:
@@ -238,7 +335,8 @@ MTP_CHOICES = ("auto", "yes", "no")
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               progress: bool = True, weight_format: str = "dequant", mtp: str = "auto") -> DeepseekV4:
+               progress: bool = True, weight_format: str = "dequant", mtp: str = "auto",
+               parallel: Parallel = SINGLE) -> DeepseekV4:
     """Read `config.json` and the weights at `path` (a directory or a cached hub id) into a model.
 
     `weight_format="dequant"` holds every weight dense in `dtype`. `"native"` keeps quantised
@@ -247,6 +345,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     `mtp`: load the MTP layer (speculative decoding) when the checkpoint has one ("auto"),
     require it ("yes"), or skip it ("no"). A DSpark drafter under the `mtp.*` names is never
     loaded as an MTP layer: "yes" then fails naming it.
+    `parallel`: this rank's place in a tensor/expert-parallel layout; the model holds and
+    reads only its shard.
     """
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
@@ -257,7 +357,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     with_mtp = _wants_mtp(path, mtp)
     formats = stored_formats(path, cfg, with_mtp) if weight_format == "native" else {}
     with torch.device("meta"):
-        model = DeepseekV4(cfg, dtype=dtype, mtp=with_mtp)
+        model = DeepseekV4(cfg, dtype=dtype, mtp=with_mtp, parallel=parallel)
     try:
         to_native(model, formats)
     except ValueError as exc:

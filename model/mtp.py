@@ -23,14 +23,15 @@ from .config import ModelConfig
 from .kv_cache import LayerCache
 from .linear import Linear
 from .norm import RMSNorm
+from .parallel import SINGLE, Parallel
 from .positional import RopeTables
 
 
 class MTPBlock(Block):
     """The MTP layer; its parameter names are the official `mtp.0.*` ones."""
 
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype) -> None:
-        super().__init__(cfg, cfg.num_layers, dtype)
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
+        super().__init__(cfg, cfg.num_layers, dtype, parallel)
         d, n = cfg.hidden_size, cfg.hc_mult
         self.e_proj = Linear(d, d, dtype)
         self.h_proj = Linear(d, d, dtype)

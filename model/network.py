@@ -13,24 +13,36 @@ from .config import ModelConfig
 from .kv_cache import LayerCache, V4KVCache
 from .mtp import MTPBlock
 from .norm import RMSNorm
+from .parallel import SINGLE, Parallel
+from .parallel_layers import ParallelHead, VocabParallelEmbedding
 from .positional import RopeFrequencies, RopeTables
 
 
 class DeepseekV4(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32, mtp: bool = False) -> None:
-        """`mtp`: also hold the multi-token-prediction layer (`mtp.0.*`, the speculative drafter)."""
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32, mtp: bool = False,
+                 parallel: Parallel = SINGLE) -> None:
+        """`mtp`: also hold the multi-token-prediction layer (`mtp.0.*`, the speculative drafter).
+        `parallel`: hold only this rank's shard (tensor/expert parallelism); every rank runs
+        `forward` on the same batch and gets the same logits."""
         super().__init__()
         self.cfg = cfg
         self.dtype = dtype
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
-        self.layers = nn.ModuleList(Block(cfg, i, dtype) for i in range(cfg.num_layers))
+        self.parallel = parallel
+        if parallel.config.world_size > 1:
+            parallel.config.check_model(cfg)
+        if parallel.tp > 1:
+            self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype, parallel)
+            self.head = ParallelHead(cfg.hidden_size, cfg.vocab_size, dtype, parallel)
+        else:
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
+            self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
+        self.layers = nn.ModuleList(Block(cfg, i, dtype, parallel) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         n = cfg.hc_mult
         self.hc_head_fn = nn.Parameter(torch.zeros(n, n * cfg.hidden_size, dtype=torch.float32))
         self.hc_head_base = nn.Parameter(torch.zeros(n, dtype=torch.float32))
         self.hc_head_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
-        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
-        self.mtp = nn.ModuleList([MTPBlock(cfg, dtype)]) if mtp else None
+        self.mtp = nn.ModuleList([MTPBlock(cfg, dtype, parallel)]) if mtp else None
         self._rope = RopeFrequencies(cfg)
 
     @property
