@@ -187,7 +187,7 @@ def moe_cases(b: Builder, s: Shapes) -> list[Case]:
                                     s.top_k, 1.5)
         touched = int(torch.unique(ids).numel())
         args = (x, ids, weights, w1, w3, w2, 10.0)
-        cases.append(Case(f"moe.{fmt}.t{t}", lambda a=args: moe.fused_moe(*a), lambda a=args: ref.fused_moe(*a),
+        cases.append(Case(f"moe.{fmt}.t{t}", lambda a=args: moe.fused_moe(*a), lambda a=args: ref.fused_moe_sorted(*a),
                           max_rel_error, 3e-2, bytes=(w1.nbytes + w3.nbytes + w2.nbytes) * touched / s.experts,
                           flops=6 * t * s.top_k * s.expert_dim * s.hidden,
                           shape=dict(t=t, experts=s.experts, touched=touched, fmt=fmt)))

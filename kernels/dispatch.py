@@ -72,6 +72,7 @@ def register(op: str, name: str, module: str) -> None:
         raise ValueError("'auto' is not a backend name")
     _MODULES[op][name] = module
     _parse.cache_clear()
+    _resolve.cache_clear()
 
 
 @lru_cache(maxsize=16)
@@ -109,9 +110,13 @@ def _triton_ready(device: torch.device) -> bool:
 
 def backend(op: str, device: torch.device | str) -> str:
     """The backend `op` runs on for tensors on `device`, under the current `BANYAN_KERNELS`."""
+    return _backend(op, _setting(), device)
+
+
+def _backend(op: str, spec: str, device: torch.device | str) -> str:
     if op not in _MODULES:
         raise ValueError(f"unknown kernel op {op!r}; ops: {', '.join(OPS)}")
-    default, overrides = _parse(os.environ.get(ENV, "auto"))
+    default, overrides = _parse(spec)
     name = overrides.get(op, default)
     if name == "auto":
         return "triton" if _triton_ready(torch.device(device)) else "torch"
@@ -130,34 +135,59 @@ def _module(path: str) -> ModuleType:
     return importlib.import_module(path, __package__) if path.startswith(".") else importlib.import_module(path)
 
 
+@lru_cache(maxsize=512)
+def _resolve(op: str, fn: str, spec: str, device: torch.device) -> Callable[..., Any]:
+    return getattr(_module(_MODULES[op][_backend(op, spec, device)]), fn)
+
+
+# The model makes hundreds of dispatch calls per decode step, each as cheap as a dict hit:
+# the setting is read from CPython's backing store of `os.environ` (which every assignment
+# to `os.environ` updates) without `os.environ.get`'s decoding, which cost more than a tiny
+# matmul. Elsewhere it falls back to `os.environ.get`.
+_ENV_STORE: dict = getattr(os.environ, "_data", None) or {}
+_ENV_KEY = os.environ.encodekey(ENV) if _ENV_STORE and hasattr(os.environ, "encodekey") else None
+
+
+def _setting() -> str:
+    if _ENV_KEY is None:
+        return os.environ.get(ENV, "auto")
+    raw = _ENV_STORE.get(_ENV_KEY)
+    return "auto" if raw is None else os.environ.decodevalue(raw)
+
+
 def _impl(op: str, fn: str, device: torch.device) -> Callable[..., Any]:
-    return getattr(_module(_MODULES[op][backend(op, device)]), fn)
+    """The function behind one dispatch call: a cache hit keyed by the setting and the device."""
+    return _resolve(op, fn, _setting(), device)
 
 
-def linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
-    """`x [..., K]` (bf16/fp32) times `weight [N, K]` -> `[..., N]` in x's dtype.
+def linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
+    """`x [..., K]` (bf16/fp32) times `weight [N, K]` -> `[..., N]` in x's dtype. A plain tensor
+    is a dense weight (both backends hand it to `F.linear`, i.e. cuBLAS on a GPU).
 
     `act_fp8`: quantise x per 1x128 block with power-of-two scales first (official numerics)."""
     return _impl("gemm", "linear", x.device)(x, weight, act_fp8)
 
 
-def grouped_linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
     """V4's `wo_a`: `x [T, G, D]` times `weight [G*R, D]` viewed `[G, R, D]` -> `[T, G, R]`."""
     return _impl("gemm", "grouped_linear", x.device)(x, weight, act_fp8)
 
 
 def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: QuantizedWeight, w3: QuantizedWeight,
               w2: QuantizedWeight, limit: float) -> torch.Tensor:
-    """Routed experts: `x [T, D]`, `ids [T, k]` int, `weights [T, k]` fp32, `w1/w3 [E, I, D]`,
-    `w2 [E, D, I]` -> `sum_k weights * W2(silu(min(W1 x, limit)) * clamp(W3 x, +-limit))` `[T, D]`."""
+    """Routed experts: `x [T, D]`, `ids [T, k]` int32/int64, `weights [T, k]` fp32, `w1/w3 [E, I, D]`,
+    `w2 [E, D, I]` (dense, FP8 or FP4 as stored, all three alike)
+    -> `sum_k weights * W2(silu(min(W1 x, limit)) * clamp(W3 x, +-limit))` `[T, D]` in x's dtype."""
     return _impl("moe", "fused_moe", x.device)(x, ids, weights, w1, w3, w2, limit)
 
 
 def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_scale: float,
           tid2eid: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gate logits `[T, E]` fp32 -> (ids `[T, k]` int32, weights `[T, k]` fp32): sqrt-softplus
-    scores, top-k of scores + `bias` (or `tid2eid[input_ids]`), weights summing to `route_scale`."""
+    """Gate logits `[T, E]` fp32 -> (ids `[T, k]`, weights `[T, k]` fp32): sqrt-softplus scores,
+    top-k of scores + `bias` (or `tid2eid[input_ids]` on hash layers, `tid2eid [V, k]`), weights
+    summing to `route_scale`. ids are int64 from torch, int32 from Triton; their order within
+    a row is unspecified (`fused_moe` takes either)."""
     return _impl("router", "route", logits.device)(logits, bias, top_k, route_scale, tid2eid, input_ids)
 
 

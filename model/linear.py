@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.linear import expert_linear, grouped_linear, linear
+from ..kernels import dispatch
+from ..kernels.linear import expert_linear
 from ..kernels.quant import FP4_BLOCK, FP8_BLOCK, QuantizedWeight
 
 QUANTIZED = ("fp8", "fp4")
@@ -52,14 +52,13 @@ class Linear(nn.Module):
         return QuantizedWeight(self.weight, self.scale, self.quant or "dense")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x [..., in] -> [..., out]`."""
-        if self.quant is None:  # the dense case of `linear`, without building its argument (hot at batch 1)
-            return F.linear(x, self.weight.to(x.dtype))
-        return linear(x, self.quantized())
+        """`x [..., in] -> [..., out]` (`dispatch.linear`)."""
+        # a dense weight goes as the plain tensor: no per-call QuantizedWeight (hot at batch 1)
+        return dispatch.linear(x, self.weight if self.quant is None else self.quantized())
 
     def grouped(self, x: torch.Tensor) -> torch.Tensor:
         """`x [T, G, in] -> [T, G, out / G]`, group g using rows `g*out/G : (g+1)*out/G`."""
-        return grouped_linear(x, self.quantized())
+        return dispatch.grouped_linear(x, self.weight if self.quant is None else self.quantized())
 
     def experts(self, x: torch.Tensor, counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Stacked form: `x [T, in]` grouped by expert (`counts[e]` rows each) -> `[T, out]`."""

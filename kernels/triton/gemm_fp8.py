@@ -143,17 +143,18 @@ def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, groups:
     return out if grouped else out[:, 0]
 
 
-def linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
-    """`x [..., K]` times `weight [N, K]` as stored -> `[..., N]`: FP8 weights through `fp8_gemm`;
-    dense and FP4 ones through `kernels.linear` (dense is a cuBLAS GEMM there)."""
-    if weight.fmt != "fp8":
+def linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
+    """`x [..., K]` times `weight [N, K]` as stored (a plain tensor: dense) -> `[..., N]`: FP8
+    weights through `fp8_gemm`; dense and FP4 ones through `kernels.linear` (dense is a cuBLAS
+    GEMM there)."""
+    if isinstance(weight, torch.Tensor) or weight.fmt != "fp8":
         return _ref_linear(x, weight, act_fp8=act_fp8)
     flat = x.reshape(-1, x.shape[-1])
     return fp8_gemm(flat, weight.data, weight.scale, act_fp8=act_fp8).view(*x.shape[:-1], weight.shape[0])
 
 
-def grouped_linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
     """`x [T, G, D]` times `weight [G*R, D]` per group -> `[T, G, R]` (V4's `wo_a`)."""
-    if weight.fmt != "fp8":
+    if isinstance(weight, torch.Tensor) or weight.fmt != "fp8":
         return _ref_grouped(x, weight, act_fp8=act_fp8)
     return fp8_gemm(x, weight.data, weight.scale, groups=x.shape[1], act_fp8=act_fp8)

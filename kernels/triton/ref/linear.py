@@ -1,9 +1,11 @@
 """Torch linears with the dispatch's signatures: `kernels.linear` with bf16/fp32 activations,
-or after the official 1x128 FP8 activation quantisation (`act_fp8=True`)."""
+or after the official 1x128 FP8 activation quantisation (`act_fp8=True`). A plain tensor
+weight is dense and goes straight to `F.linear` (the hot case at batch 1)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ... import linear as linear_ref
 from ...quant import QuantizedWeight
@@ -17,11 +19,15 @@ def _act_qdq(x: torch.Tensor) -> torch.Tensor:
     return (q.float() * scale.repeat_interleave(128, 1)[:, :flat.shape[1]]).to(x.dtype).view_as(x)
 
 
-def linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
     """`x [..., K]` times `weight [N, K]` -> `[..., N]`."""
-    return linear_ref.linear(_act_qdq(x) if act_fp8 else x, weight)
+    x = _act_qdq(x) if act_fp8 else x
+    if isinstance(weight, torch.Tensor):
+        return F.linear(x, weight.to(x.dtype))
+    return linear_ref.linear(x, weight)
 
 
-def grouped_linear(x: torch.Tensor, weight: QuantizedWeight, act_fp8: bool = False) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
     """`x [T, G, D]` times `weight [G*R, D]` per group -> `[T, G, R]` (V4's `wo_a`)."""
+    weight = QuantizedWeight(weight) if isinstance(weight, torch.Tensor) else weight
     return linear_ref.grouped_linear(_act_qdq(x) if act_fp8 else x, weight)
