@@ -19,6 +19,7 @@ from .config import CSA, SWA, ModelConfig
 from .kv_cache import CompressorStore, LayerCache
 from .linear import Linear
 from .norm import RMSNorm
+from .parallel import SINGLE, Parallel
 from .positional import RopeTables
 
 
@@ -44,18 +45,22 @@ class Indexer(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
+        """Under tensor parallelism a rank holds `1/tp` of the query heads (`wq_b` rows, sinks)
+        and of the output groups (`wo_a` rows, `wo_b` columns), and `wo_b`'s partial sums are
+        all-reduced; the KV projection, compressors and indexer are replicated."""
         super().__init__()
-        d, h, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+        d, h, hd = cfg.hidden_size, cfg.num_heads // parallel.tp, cfg.head_dim
         self.kind, self.ratio = cfg.layer_kind(layer), cfg.ratio_of(layer)
-        self.n_heads, self.head_dim, self.groups, self.eps = h, hd, cfg.o_groups, cfg.rms_norm_eps
+        self.n_heads, self.head_dim, self.groups, self.eps = h, hd, cfg.o_groups // parallel.tp, cfg.rms_norm_eps
+        self.comm = parallel.tp_comm
         self.wq_a = Linear(d, cfg.q_lora_rank, dtype)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
         self.wq_b = Linear(cfg.q_lora_rank, h * hd, dtype)
         self.wkv = Linear(d, hd, dtype)
         self.kv_norm = RMSNorm(hd, cfg.rms_norm_eps)
-        self.wo_a = Linear(h * hd // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, dtype)
-        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, d, dtype)
+        self.wo_a = Linear(cfg.num_heads * hd // cfg.o_groups, self.groups * cfg.o_lora_rank, dtype)
+        self.wo_b = Linear(self.groups * cfg.o_lora_rank, d, dtype)
         self.attn_sink = nn.Parameter(torch.zeros(h, dtype=torch.float32))
         self.compressor = (Compressor(d, hd, self.ratio, self.kind == CSA, cfg.rms_norm_eps, dtype)
                            if self.kind != SWA else None)
@@ -75,4 +80,4 @@ class Attention(nn.Module):
 
         out = dispatch.sparse_attention(q, cache.swa, plan.window, self.attn_sink, self.head_dim ** -0.5, extra,
                                         extra_index, inverse).view(n, self.groups, -1)  # [N, G, H/G * hd]
-        return self.wo_b(self.wo_a.grouped(out).flatten(1))  # wo_a: [N, G, R]
+        return self.comm.all_reduce(self.wo_b(self.wo_a.grouped(out).flatten(1)))  # wo_a: [N, G, R]

@@ -30,7 +30,7 @@ class Block(nn.Module):
         self.cfg = cfg
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg, layer, dtype)
+        self.attn = Attention(cfg, layer, dtype, parallel)
         self.ffn = MoE(cfg, layer, dtype)
         _hc_params(self, "hc_attn", cfg)
         _hc_params(self, "hc_ffn", cfg)
