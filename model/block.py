@@ -31,7 +31,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = Attention(cfg, layer, dtype, parallel)
-        self.ffn = MoE(cfg, layer, dtype)
+        self.ffn = MoE(cfg, layer, dtype, parallel)
         _hc_params(self, "hc_attn", cfg)
         _hc_params(self, "hc_ffn", cfg)
 

@@ -12,6 +12,8 @@ from ..kernels.quant import QuantizedWeight
 from ..kernels.triton.ref.moe import swiglu
 from .config import ModelConfig
 from .linear import Linear
+from .parallel import SINGLE, Parallel
+from .parallel_layers import expert_parallel_moe
 
 
 class Gate(nn.Module):
@@ -40,9 +42,12 @@ class Experts(nn.Module):
     reading the routing back to the host (its torch backend picks a dense, grouped or
     stored-format strategy; see `kernels.triton.ref.moe`)."""
 
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
+        """A rank holds its `1/ep` of the experts under expert parallelism, else `1/tp` of each
+        expert's intermediate dim."""
         super().__init__()
-        e, i, d = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        e, i, d = cfg.n_routed_experts // parallel.ep, cfg.moe_intermediate_size, cfg.hidden_size
+        i = i if parallel.ep > 1 else i // parallel.tp
         self.limit, self.n_experts = cfg.swiglu_limit, e
         self.w1 = nn.Parameter(torch.zeros(e, i, d, dtype=dtype))
         self.w3 = nn.Parameter(torch.zeros(e, i, d, dtype=dtype))
@@ -58,9 +63,10 @@ def _weight(w: nn.Parameter | Linear) -> QuantizedWeight:
 
 
 class SharedExpert(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
+        """`1/tp` of the intermediate dim under tensor parallelism alone; replicated under EP."""
         super().__init__()
-        d, i = cfg.hidden_size, cfg.moe_intermediate_size
+        d, i = cfg.hidden_size, cfg.moe_intermediate_size // (parallel.tp if parallel.ep == 1 else 1)
         self.limit = cfg.swiglu_limit
         self.w1 = Linear(d, i, dtype)
         self.w3 = Linear(d, i, dtype)
@@ -71,15 +77,23 @@ class SharedExpert(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
+        """The gate is replicated (routing is bitwise equal on every rank). Under TP alone the
+        routed and shared partial sums are all-reduced together; under EP the routed experts
+        are dispatched to their owners (`expert_parallel_moe`) and the shared expert runs on
+        every rank."""
         super().__init__()
+        self.parallel, self.n_routed = parallel, cfg.n_routed_experts
         self.gate = Gate(cfg, cfg.is_hash_layer(layer), dtype)
-        self.experts = Experts(cfg, dtype)
-        self.shared_experts = SharedExpert(cfg, dtype) if cfg.n_shared_experts else None
+        self.experts = Experts(cfg, dtype, parallel)
+        self.shared_experts = SharedExpert(cfg, dtype, parallel) if cfg.n_shared_experts else None
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         idx, weights = self.gate(x, input_ids)
-        out = self.experts(x, idx, weights)
+        if self.parallel.ep > 1:
+            out = expert_parallel_moe(x, idx, weights, self.experts, self.parallel, self.n_routed)
+        else:
+            out = self.experts(x, idx, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
-        return out
+        return self.parallel.tp_comm.all_reduce(out) if self.parallel.ep == 1 else out
