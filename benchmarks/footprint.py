@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..model.config import PRESETS, ModelConfig
-from ..model.footprint import GIB, footprint
+from ..model.footprint import GIB, KV_COLUMNS, footprint
 from ..model.hub import resolve_model_path
 from .output import save, standalone
 
@@ -28,16 +28,20 @@ def load_config(name: str) -> ModelConfig:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    head = (f"{'model':<12}{'params':>10}" + "".join(f"{c:>14}" for c in WEIGHT_COLUMNS)
-            + f"{'KV B/token':>12}{'KV GiB/1M':>11}{'SWA B/token':>13}")
-    lines = ["weights in GiB; KV in bf16 (compressed entries, per cached token; SWA only for a request's window)",
-             head]
+    head = f"{'model':<12}{'params':>10}" + "".join(f"{c:>14}" for c in WEIGHT_COLUMNS)
+    lines = ["weights in GiB", head]
     for name, r in results.items():
-        kv = r["kv"]["bf16"]
         lines.append(f"{name:<12}{r['params'] / 1e9:>9.2f}B"
-                     + "".join(f"{r['weights'][c]['total'] / GIB:>14.2f}" for c in WEIGHT_COLUMNS)
-                     + f"{kv['compressed_per_token']:>12.0f}{kv['compressed_gib_per_million_tokens']:>11.2f}"
-                     + f"{kv['swa_per_token']:>13.0f}")
+                     + "".join(f"{r['weights'][c]['total'] / GIB:>14.2f}" for c in WEIGHT_COLUMNS))
+    lines += ["", "KV per KV dtype: compressed entries + indexer keys per cached token (B, GiB per 1M tokens); "
+              "SWA + overlap snapshots only for a request's window; compressor rings per running request",
+              f"{'model':<12}{'KV dtype':>10}{'B/token':>10}{'GiB/1M':>9}{'SWA B/token':>13}{'rings MiB':>11}"]
+    for name, r in results.items():
+        for label in KV_COLUMNS:
+            kv = r["kv"][label]
+            lines.append(f"{name:<12}{label:>10}{kv['compressed_per_token']:>10.0f}"
+                         f"{kv['compressed_gib_per_million_tokens']:>9.2f}{kv['swa_per_token']:>13.0f}"
+                         f"{kv['ring_per_request'] / 2**20:>11.2f}")
     return "\n".join(lines)
 
 

@@ -34,25 +34,40 @@ def pow2_scale(amax: torch.Tensor) -> torch.Tensor:
 
 
 def _blockwise(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """e4m3 values and scales of `x [..., K]` in blocks of `block` along K (K % block == 0)."""
-    blocks = x.float().unflatten(-1, (-1, block))  # [..., K/block, block]
+    """e4m3 values `[..., K]` and scales `[..., ceil(K/block)]` of `x [..., K]` in blocks of `block`
+    along K; a K tail is its own block (zero padding changes no block's amax)."""
+    k = x.shape[-1]
+    pad = -k % block
+    x = x.float() if not pad else torch.nn.functional.pad(x.float(), (0, pad))
+    blocks = x.unflatten(-1, (-1, block))  # [..., ceil(K/block), block]
     scale = pow2_scale(blocks.abs().amax(dim=-1))
     q = (blocks / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q.flatten(-2), scale
+    return q.flatten(-2)[..., :k], scale
 
 
 def act_quant_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`x [M, K]` -> (e4m3 `[M, K]`, fp32 scales `[M, ceil(K/128)]`); a K tail is its own block."""
-    m, k = x.shape
-    pad = -k % ACT_BLOCK
-    q, scale = _blockwise(torch.nn.functional.pad(x.float(), (0, pad)), ACT_BLOCK)
-    return q[:, :k], scale
+    return _blockwise(x, ACT_BLOCK)
 
 
 def fp8_qdq(x: torch.Tensor, block: int = KV_QUANT_BLOCK) -> torch.Tensor:
     """Quantise-dequantise `x [..., K]` through e4m3 in blocks of `block` (fp32 out)."""
     q, scale = _blockwise(x, block)
-    return (q.float().unflatten(-1, (-1, block)) * scale.unsqueeze(-1)).flatten(-2)
+    return q.float() * scale.repeat_interleave(block, dim=-1)[..., :x.shape[-1]]
+
+
+def kv_row_qdq(rows: torch.Tensor, rope_dim: int) -> torch.Tensor:
+    """What an `FP8KVCache` row holds, as fp32 `[N, dim]`: the no-RoPE dims bf16-rounded then
+    through `fp8_qdq`, the RoPE dims bf16-rounded (V4's official QAT rounding of window and
+    compressed KV)."""
+    nope = rows.shape[-1] - rope_dim
+    rows = rows.to(torch.bfloat16)
+    return torch.cat([fp8_qdq(rows[..., :nope]), rows[..., nope:].float()], dim=-1)
+
+
+def index_key_qdq(keys: torch.Tensor) -> torch.Tensor:
+    """What an `FP8IndexerKeys` row holds, as fp32: e4m3 with one power-of-two scale per key."""
+    return fp8_qdq(keys, keys.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -63,13 +78,17 @@ class KVRowFormat:
     rope_dim: int = 64
 
     def __post_init__(self) -> None:
-        if self.nope % KV_QUANT_BLOCK or self.rope_dim % 2:
-            raise ValueError(f"FP8 KV rows need (dim - rope_dim) to be a multiple of {KV_QUANT_BLOCK} and an even "
-                             f"rope_dim; got dim={self.dim}, rope_dim={self.rope_dim}")
+        if self.rope_dim % 2 or not 0 < self.rope_dim < self.dim:
+            raise ValueError(f"FP8 KV rows need an even rope_dim below dim; got dim={self.dim}, "
+                             f"rope_dim={self.rope_dim}")
 
     @property
     def nope(self) -> int:
         return self.dim - self.rope_dim
+
+    @property
+    def scale_blocks(self) -> int:  # 7 for V4; a tail shorter than 64 (small test models) is a block
+        return -(-self.nope // KV_QUANT_BLOCK)
 
     @property
     def data_bytes(self) -> int:  # 576 for V4
@@ -77,7 +96,7 @@ class KVRowFormat:
 
     @property
     def scale_bytes(self) -> int:  # 8 for V4: 7 scales and a pad byte
-        return self.nope // KV_QUANT_BLOCK + 1
+        return self.scale_blocks + 1
 
     def page_bytes(self, page_rows: int) -> int:
         raw = page_rows * (self.data_bytes + self.scale_bytes)
@@ -130,9 +149,9 @@ class FP8KVCache:
         data_at, scale_at = self._offsets(rows.long())
         flat = self.data.view(-1)
         data = flat[data_at[:, None] + torch.arange(fmt.data_bytes, device=flat.device)]
-        exps = flat[scale_at[:, None] + torch.arange(fmt.nope // KV_QUANT_BLOCK, device=flat.device)]
-        nope = data[:, :fmt.nope].view(torch.float8_e4m3fn).float().unflatten(1, (-1, KV_QUANT_BLOCK))
-        nope = (nope * torch.exp2(exps.float() - 127).unsqueeze(-1)).flatten(1)
+        exps = flat[scale_at[:, None] + torch.arange(fmt.scale_blocks, device=flat.device)]
+        scale = torch.exp2(exps.float() - 127).repeat_interleave(KV_QUANT_BLOCK, dim=1)[:, :fmt.nope]
+        nope = data[:, :fmt.nope].view(torch.float8_e4m3fn).float() * scale
         rope = data[:, fmt.nope:].contiguous().view(torch.bfloat16).float()
         return torch.cat([nope, rope], 1)
 
@@ -175,19 +194,38 @@ class FP8IndexerKeys:
 
 
 KVPool = torch.Tensor | FP8KVCache  # a float row pool [R, dim] or an FP8 paged one
+IndexerKeys = torch.Tensor | FP8IndexerKeys  # float keys [S, d] or FP8 ones
+Pool = KVPool | FP8IndexerKeys
 
 
-def write_rows(pool: KVPool, rows: torch.Tensor, values: torch.Tensor) -> None:
+def write_rows(pool: Pool, rows: torch.Tensor, values: torch.Tensor) -> None:
     """`pool[rows] = values` for rows >= 0; an FP8 pool applies its QDQ."""
-    if isinstance(pool, FP8KVCache):
+    if isinstance(pool, (FP8KVCache, FP8IndexerKeys)):
         pool.write(rows, values)
         return
     keep = rows >= 0
-    pool[rows[keep].long()] = values[keep].to(pool.dtype)
+    pool.index_copy_(0, rows[keep], values[keep].to(pool.dtype))
 
 
-def read_rows(pool: KVPool, rows: torch.Tensor) -> torch.Tensor:
+def read_rows(pool: Pool, rows: torch.Tensor) -> torch.Tensor:
     """fp32 rows `[..., dim]` at `rows [...]` (all valid)."""
     if isinstance(pool, FP8KVCache):
         return pool.read(rows.flatten()).view(*rows.shape, pool.fmt.dim)
+    if isinstance(pool, FP8IndexerKeys):
+        return pool.read(rows.flatten()).view(*rows.shape, pool.dim)
     return pool[rows.long()].float()
+
+
+def row_bytes(pool: Pool) -> float:
+    """Allocated bytes per row of a pool (an FP8 page's padding shared out over its rows)."""
+    if isinstance(pool, FP8KVCache):
+        return pool.data.shape[1] / pool.page_rows
+    if isinstance(pool, FP8IndexerKeys):
+        return pool.data.shape[1] / pool.block_rows
+    return pool.shape[1] * pool.element_size()
+
+
+def pool_nbytes(pool: Pool) -> int:
+    """Bytes a pool allocates."""
+    t = pool if isinstance(pool, torch.Tensor) else pool.data
+    return t.numel() * t.element_size()

@@ -71,7 +71,8 @@ class Attention(nn.Module):
         table, inverse = rope.for_kind(self.kind)
         qr = self.q_norm(self.wq_a(x))
         q = dispatch.norm_rope(self.wq_b(qr).view(n, self.n_heads, self.head_dim), None, self.eps, table)
-        dispatch.kv_insert(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, table, cache.swa, plan.swa_slots)
+        dispatch.kv_insert(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, table, cache.swa, plan.swa_slots,
+                           cache.qdq)
         extra, extra_index = None, None
         if self.compressor is not None:
             self.compressor(x, plan, cache.compressor, rope)

@@ -55,7 +55,8 @@ class Compressor(nn.Module):
                 slots = torch.cat([slots[:, :m, :, :d], slots[:, m:, :, d:]], dim=1)
             slot_score = slots[:, :, 1].masked_fill(~em.row_source.valid.unsqueeze(-1), float("-inf"))
             dispatch.compress_close(slots[:, :, 0], slot_score, self.norm.weight, self.norm.eps,
-                                    rope.entries(m, self.overlap), store.entries, em.entry_slots)
+                                    rope.entries(m, self.overlap), store.entries, em.entry_slots, store.qdq)
+            store.simulate_fp8_keys(em.entry_slots)
 
         if em.num_snapshots:
             last = _gather_rows(rows, store.ring, em.snapshot_source)  # [P, m, 2, width]

@@ -24,6 +24,8 @@ from .linear import QUANTIZED, to_native
 from .network import DeepseekV4
 
 _STORED_BYTES = {"bf16": 2, "fp32": 4, "int64": 8}
+KV_COLUMNS = {"bf16": (torch.bfloat16, "auto"), "fp8_e4m3": (torch.bfloat16, "fp8_e4m3"),
+              "fp32": (torch.float32, "auto")}  # label -> (model dtype, kv_cache_dtype)
 GIB = 1 << 30
 
 
@@ -69,15 +71,17 @@ def weight_bytes(cfg: ModelConfig, mtp: bool = False) -> dict[str, dict[str, int
             for label, sizes in out.items()}
 
 
-def kv_bytes(cfg: ModelConfig, dtype: torch.dtype, page_size: int | None = None) -> dict[str, float]:
-    """KV state per cached token and per running request, from `V4KVCache`'s accounting.
+def kv_bytes(cfg: ModelConfig, dtype: torch.dtype, page_size: int | None = None,
+             kv_cache_dtype: str = "auto") -> dict[str, float]:
+    """KV state per cached token and per running request, from `V4KVCache`'s accounting
+    (`dtype`: the model's; `kv_cache_dtype`: how the pools store rows, see `model.kv_cache`).
 
     `compressed_per_token`: CSA/HCA entries and CSA indexer keys (kept for every cached token);
     `swa_per_token`: sliding-window KV and the CSA overlap snapshots kept with it (only a
     request's last window of it stays resident); `ring_per_request`: the compressor rings of
     one running request."""
     page = page_size or cfg.min_page_size
-    cache = V4KVCache(cfg, CacheShape(page, 1, 1, 1), dtype=dtype, device="meta")
+    cache = V4KVCache(cfg, CacheShape(page, 1, 1, 1), dtype=dtype, device="meta", kv_cache_dtype=kv_cache_dtype)
     compressed = cache.bytes_per_page() / page
     return {"page_size": page, "compressed_per_token": compressed,
             "swa_per_token": cache.bytes_per_swa_page() / page,
@@ -89,7 +93,7 @@ def footprint(cfg: ModelConfig) -> dict:
     """The whole report for one config."""
     params = sum(t.numel() for t in _meta_state(cfg, torch.float32).values())
     return {"params": params, "expert_format": expert_format(cfg), "weights": weight_bytes(cfg),
-            "kv": {"bf16": kv_bytes(cfg, torch.bfloat16), "fp32": kv_bytes(cfg, torch.float32)}}
+            "kv": {label: kv_bytes(cfg, dtype, kv_cache_dtype=kv) for label, (dtype, kv) in KV_COLUMNS.items()}}
 
 
 def resident_weight_bytes(model: torch.nn.Module) -> int:
@@ -101,8 +105,8 @@ def allocated_kv_bytes(cache: V4KVCache) -> dict[str, float]:
     """Per cached token, from the allocated pools: `compressed_per_token` (kept for every
     cached token) and `swa_per_token` (a request's last window, and prefix-cache resume points)."""
     page = cache.page_size
-    return {"compressed_per_token": cache.bytes_per_page() / page, "swa_per_token": cache.bytes_per_swa_page() / page,
-            "ring_per_request": cache.bytes_per_request_slot()}
+    return {"kv_cache_dtype": cache.kv_cache_dtype, "compressed_per_token": cache.bytes_per_page() / page,
+            "swa_per_token": cache.bytes_per_swa_page() / page, "ring_per_request": cache.bytes_per_request_slot()}
 
 
 def startup_facts(model: torch.nn.Module, cache: V4KVCache) -> dict[str, float]:

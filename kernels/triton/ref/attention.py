@@ -21,7 +21,7 @@ from ...indexer import QueryGroup
 from ...norm import rms_norm
 from ...rope import apply_rope_
 from ...sparse_attention import KVIndex
-from ...kv_formats import FP8IndexerKeys, FP8KVCache, KVPool, fp8_qdq, write_rows
+from ...kv_formats import FP8IndexerKeys, FP8KVCache, IndexerKeys, KVPool, kv_row_qdq, write_rows
 
 
 def _float_pool(pool: KVPool, index: KVIndex) -> tuple[torch.Tensor, KVIndex]:
@@ -43,9 +43,6 @@ def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Te
         extra, extra_index = _float_pool(extra, extra_index)
     out = attention_ref.sparse_attention(q, kv, index, sink, scale, extra, extra_index)
     return apply_rope_(out, inv_rope) if inv_rope is not None else out
-
-
-IndexerKeys = torch.Tensor | FP8IndexerKeys  # float rows [S, d] or FP8
 
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, groups: Sequence[QueryGroup],
@@ -88,6 +85,5 @@ def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, 
 
 def _write_entries(rows: torch.Tensor, rope_dim: int, pool: KVPool, slots: torch.Tensor, qdq: bool) -> None:
     if qdq and isinstance(pool, torch.Tensor):
-        nope = rows.shape[-1] - rope_dim
-        rows = torch.cat([fp8_qdq(rows[:, :nope].to(torch.bfloat16)), rows[:, nope:].to(torch.bfloat16).float()], 1)
+        rows = kv_row_qdq(rows, rope_dim)
     write_rows(pool, slots, rows)
