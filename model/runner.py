@@ -93,10 +93,12 @@ class RunOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: DeepseekV4, shape: CacheShape, drafter: Drafter | None = None) -> None:
+    def __init__(self, model: DeepseekV4, shape: CacheShape, drafter: Drafter | None = None,
+                 kv_cache_dtype: str = "auto") -> None:
+        """`kv_cache_dtype`: auto (the model's dtype) | bfloat16 | fp8_e4m3 (see `model.kv_cache`)."""
         self.model = model
         self.cfg = model.cfg
-        self.kv = V4KVCache(model.cfg, shape, dtype=model.dtype, device=model.device)
+        self.kv = V4KVCache(model.cfg, shape, dtype=model.dtype, device=model.device, kv_cache_dtype=kv_cache_dtype)
         self.drafter = drafter
 
     @property

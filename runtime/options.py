@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from ..model.hub import resolve_model_path
+from ..model.kv_cache import KV_CACHE_DTYPES
 from ..model.loader import WEIGHT_FORMATS
 
 
@@ -12,6 +13,7 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     model_path: str | None = None  # None: the embedded tiny default model; a hub id resolves to its cached snapshot
     dtype: str = "float32"  # float32 | bfloat16
     weight_format: str = "auto"  # auto | native | dequant; auto: native on CUDA, dequant on CPU (README)
+    kv_cache_dtype: str = "auto"  # auto (the model dtype) | bfloat16 | fp8_e4m3 (official FP8 KV layout)
     device: str = "cpu"
     page_size: int | None = None  # default: the smallest multiple of every compression ratio
     chunked_prefill_size: int = 512
@@ -38,6 +40,9 @@ class EngineOptions(msgspec.Struct, kw_only=True):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.weight_format not in ("auto", *WEIGHT_FORMATS):
             raise ValueError(f"weight_format must be auto, native or dequant, got {self.weight_format!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
+                             f"got {self.kv_cache_dtype!r}")
         if self.schedule_policy not in ("fcfs", "lpm"):
             raise ValueError(f"schedule_policy must be fcfs or lpm, got {self.schedule_policy!r}")
         if self.chunked_prefill_size < 1 or self.max_running_requests < 1:

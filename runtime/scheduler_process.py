@@ -40,12 +40,13 @@ def build_scheduler(opts: EngineOptions):
         free, _ = torch.cuda.mem_get_info(torch.device(opts.device))
         budget = int(free * opts.mem_fraction)
     sizes = sizes_from_budget(cfg, budget, page_size, opts.max_running_requests, dtype, opts.swa_fraction,
-                              opts.chunked_prefill_size)
+                              opts.chunked_prefill_size, kv_cache_dtype=opts.kv_cache_dtype)
     pools = MemoryPools(sizes)
     tok = load_tokenizer(opts.model_path)
     k = opts.speculative_num_draft_tokens if speculate else 0
     shape = sizes.cache_shape(k)
-    runner = ModelRunner(model, shape, drafter=MTPDrafter(model, shape) if speculate else None)
+    runner = ModelRunner(model, shape, drafter=MTPDrafter(model, shape) if speculate else None,
+                         kv_cache_dtype=opts.kv_cache_dtype)
     sched = Scheduler(runner, pools, chunked_prefill_size=opts.chunked_prefill_size,
                       policy=opts.schedule_policy, enable_prefix_cache=opts.enable_prefix_cache,
                       max_running=opts.max_running_requests, waiting_share=opts.prefill_waiting_share,
@@ -183,9 +184,10 @@ def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, read
         ready.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return
     footprint = startup_facts(sched.runner.model, sched.runner.kv)
-    log.info("weights: %.1f MiB resident (%s); KV per cached token: %.0f B compressed + %.0f B sliding window; "
-             "%d tokens of pool capacity", footprint["weight_bytes"] / 2**20, opts.resolved_weight_format(),
-             footprint["compressed_per_token"], footprint["swa_per_token"], sched.pools.sizes.max_tokens)
+    log.info("weights: %.1f MiB resident (%s); KV (%s) per cached token: %.0f B compressed + %.0f B sliding "
+             "window; %d tokens of pool capacity", footprint["weight_bytes"] / 2**20, opts.resolved_weight_format(),
+             footprint["kv_cache_dtype"], footprint["compressed_per_token"], footprint["swa_per_token"],
+             sched.pools.sizes.max_tokens)
     ready.send({"ok": True, "token_capacity": sched.pools.sizes.max_tokens, "footprint": footprint,
                 "vocab_size": sched.cfg.vocab_size, "eos_token_id": sched.cfg.eos_token_id,
                 "page_size": sched.page_size})

@@ -69,8 +69,10 @@ def min_swa_pages(cfg: ModelConfig, page_size: int, max_requests: int, chunk_tok
 
 
 def sizes_from_budget(cfg: ModelConfig, budget_bytes: int, page_size: int, max_requests: int,
-                      dtype: torch.dtype, swa_fraction: float = 1.0, chunk_tokens: int = 512) -> PoolSizes:
-    """Split a byte budget into compressed pages and sliding-window pages.
+                      dtype: torch.dtype, swa_fraction: float = 1.0, chunk_tokens: int = 512,
+                      kv_cache_dtype: str = "auto") -> PoolSizes:
+    """Split a byte budget into compressed pages and sliding-window pages of the pools that
+    `kv_cache_dtype` allocates.
 
     Old pages only need their sliding-window KV as resume points of the prefix cache, so the
     SWA pool may be a fraction of the page pool (interior windows are tombstoned under
@@ -78,7 +80,8 @@ def sizes_from_budget(cfg: ModelConfig, budget_bytes: int, page_size: int, max_r
     fraction multiplies the token capacity."""
     if not 0 < swa_fraction <= 1:
         raise ValueError(f"swa_fraction must be in (0, 1], got {swa_fraction}")
-    probe = V4KVCache(cfg, CacheShape(page_size, 1, 1, 1), dtype=dtype, device="meta")
+    probe = V4KVCache(cfg, CacheShape(page_size, 1, 1, 1), dtype=dtype, device="meta",
+                      kv_cache_dtype=kv_cache_dtype)
     ring_bytes = probe.bytes_per_request_slot() * max_requests
     floor_swa = min_swa_pages(cfg, page_size, max_requests, chunk_tokens)
     page_bytes, swa_bytes = probe.bytes_per_page(), probe.bytes_per_swa_page()
