@@ -74,8 +74,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         swa_fraction=args.swa_fraction, prefill_waiting_share=args.prefill_waiting_share,
         speculative_algorithm=args.speculative_algorithm,
         speculative_num_draft_tokens=args.speculative_num_draft_tokens,
-        watchdog_timeout=args.watchdog_timeout, grammar_compile_timeout=args.grammar_compile_timeout)
+        watchdog_timeout=args.watchdog_timeout, grammar_compile_timeout=args.grammar_compile_timeout,
+        tp_size=args.tp_size, ep_size=args.ep_size, dp_size=args.dp_size, nnodes=args.nnodes,
+        node_rank=args.node_rank, dist_init_addr=args.dist_init_addr)
     options.validate()
+    if options.node_rank > 0:  # a headless node: its ranks only, no HTTP server
+        from .rank_worker import serve_headless
+
+        return serve_headless(options)
     hub_id = args.model_path if args.model_path and is_hub_id(args.model_path) else None
     settings = ServerSettings(host=args.host, port=args.port, served_model_name=args.served_model_name or hub_id,
                               api_key=args.api_key, max_queued_requests=args.max_queued_requests,
@@ -128,6 +134,18 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="on SIGTERM, seconds in-flight requests may take to finish before they are aborted")
     p.add_argument("--watchdog-timeout", type=float, default=300.0,
                    help="a model step running longer than this many seconds makes the server exit non-zero")
+    p.add_argument("--tp-size", "--tp", "--tensor-parallel-size", dest="tp_size", type=int, default=1,
+                   help="tensor-parallel ranks: attention heads, output groups, vocabulary and expert columns split")
+    p.add_argument("--ep-size", "--ep", "--expert-parallel-size", dest="ep_size", type=int, default=1,
+                   help="expert-parallel ranks (1 or the world size): routed experts partitioned, all-to-all "
+                        "dispatch")
+    p.add_argument("--dp-size", "--dp", "--data-parallel-size", dest="dp_size", type=int, default=1,
+                   help="data-parallel attention ranks (not implemented yet: must be 1)")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes the ranks spread over")
+    p.add_argument("--node-rank", type=int, default=0,
+                   help="this node's index; nodes other than 0 run their ranks headless (no HTTP server)")
+    p.add_argument("--dist-init-addr", default=None, metavar="HOST:PORT",
+                   help="rendezvous address of node 0 (required with --nnodes > 1)")
     p.add_argument("--grammar-compile-timeout", type=float, default=10.0,
                    help="seconds a response_format / regex / tool grammar may take to compile before its request "
                         "gets 400")

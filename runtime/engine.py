@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -33,6 +34,7 @@ from .detokenizer_process import run_detokenizer_process
 from .options import EngineOptions
 from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, TextBatch, TextOut,
                        encode, engine_decoder)
+from .rank_worker import run_rank_worker
 from .scheduler_process import run_scheduler_process
 from .tokenizer import load_tokenizer
 from ..scheduler.grammar import GrammarSpec
@@ -113,6 +115,12 @@ def _chunk(o: TextOut) -> dict:
     return {"text": o.text, "output_ids": list(o.token_ids), "meta_info": _meta(o, o.logprobs, o.top_logprobs, o)}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _exit_with_parent() -> None:
     mp.parent_process().join()  # returns once the parent's end of the spawn pipe closes
     os._exit(1)
@@ -136,6 +144,10 @@ class Engine:
         # wakes on their cores (streamed decode 60-557 ms vs 17-19 ms per token at load ~4)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.options.validate()
+        if self.options.node_rank != 0:
+            raise ValueError("an Engine runs node 0; other nodes run `banyan serve --node-rank N` (headless)")
+        if self.options.world_size > 1 and self.options.dist_init_addr is None:
+            self.options = msgspec.structs.replace(self.options, dist_init_addr=f"127.0.0.1:{_free_port()}")
         self.tokenizer = load_tokenizer(self.options.model_path)
         self._ipc_dir = tempfile.mkdtemp(prefix="banyan-ipc-")
         addr = {name: f"ipc://{os.path.join(self._ipc_dir, name)}" for name in ("sched", "detok", "engine")}
@@ -154,6 +166,8 @@ class Engine:
             spawn.Process(target=_child_main, args=(run_detokenizer_process, self.options.model_path,
                                                     addr["detok"], addr["engine"]),
                           daemon=True, name="banyan-detokenizer"),
+            *(spawn.Process(target=_child_main, args=(run_rank_worker, self.options, rank), daemon=True,
+                            name=f"banyan-rank-{rank}") for rank in self.options.local_ranks[1:]),
         ]
         self._on_death = on_death
         self._reap_lock = threading.Lock()
@@ -187,7 +201,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        for p in self._procs:
+        for p in reversed(self._procs):  # other ranks before rank 0, so that none sees a peer vanish
             if p.is_alive():
                 p.kill()
             p.join(timeout=5)

@@ -7,6 +7,12 @@ import msgspec
 from ..model.hub import resolve_model_path
 from ..model.kv_cache import KV_CACHE_DTYPES
 from ..model.loader import WEIGHT_FORMATS
+from ..model.parallel import ParallelConfig
+
+
+def _is_host_port(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 class EngineOptions(msgspec.Struct, kw_only=True):
@@ -30,6 +36,13 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     startup_timeout: float = 300.0
     watchdog_timeout: float = 300.0  # a model step running longer than this kills the scheduler
     grammar_compile_timeout: float = 10.0  # a grammar still compiling after this fails its request
+    # parallelism (SGLang's names): ranks = max(tp_size * dp_size, ep_size), spread evenly over nnodes
+    tp_size: int = 1
+    ep_size: int = 1
+    dp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None  # HOST:PORT of rank 0's rendezvous; required with nnodes > 1
 
     def __post_init__(self) -> None:
         if self.model_path is not None:
@@ -55,6 +68,33 @@ class EngineOptions(msgspec.Struct, kw_only=True):
             raise ValueError(f"prefill_waiting_share must be in [0, 1), got {self.prefill_waiting_share}")
         if self.watchdog_timeout <= 0 or self.grammar_compile_timeout <= 0:
             raise ValueError("watchdog_timeout and grammar_compile_timeout must be > 0")
+        self._validate_parallel()
+
+    def parallel_config(self, rank: int = 0) -> ParallelConfig:
+        return ParallelConfig(tp=self.tp_size, ep=self.ep_size, dp=self.dp_size, rank=rank)
+
+    @property
+    def world_size(self) -> int:
+        return self.parallel_config().world_size
+
+    @property
+    def local_ranks(self) -> range:
+        """The global ranks this node runs."""
+        per_node = self.world_size // self.nnodes
+        return range(self.node_rank * per_node, (self.node_rank + 1) * per_node)
+
+    def _validate_parallel(self) -> None:
+        self.parallel_config().check_layout()
+        if self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, nnodes={self.nnodes}), got {self.node_rank}")
+        if self.world_size % self.nnodes:
+            raise ValueError(f"{self.world_size} ranks do not spread evenly over {self.nnodes} nodes")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("multi-node serving needs dist_init_addr (HOST:PORT of node 0)")
+        if self.dist_init_addr is not None and not _is_host_port(self.dist_init_addr):
+            raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
+        if self.world_size > 1 and self.speculative_algorithm is not None:
+            raise ValueError("speculative decoding is not supported with tensor/expert parallelism yet")
 
     def resolved_weight_format(self) -> str:
         """`auto`: native on CUDA (the only way a real checkpoint fits), dequant on CPU (faster

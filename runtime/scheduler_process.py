@@ -11,7 +11,6 @@ import torch
 import zmq
 
 from ..model.footprint import startup_facts
-from ..model.loader import load_model
 from ..model.drafters import MTPDrafter
 from ..model.runner import ModelRunner
 from ..scheduler.grammar import BackgroundCompiler, GrammarError, GrammarState, PendingGrammar
@@ -19,6 +18,7 @@ from ..scheduler.pools import MemoryPools, sizes_from_budget
 from ..scheduler.request import FinishReason, Request
 from ..scheduler.scheduler import Scheduler, StepOutput
 from .options import EngineOptions
+from .rank_worker import LeaderRunner, join, load_shard, rank_device
 from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, RequestMeta,
                        TokenBatch, TokenOut, encode, scheduler_decoder)
 from .tokenizer import load_tokenizer
@@ -31,8 +31,8 @@ def build_scheduler(opts: EngineOptions):
     """The scheduler and the tokenizer it decodes stop strings with."""
     dtype = getattr(torch, opts.dtype)
     speculate = opts.speculative_algorithm is not None
-    model = load_model(opts.model_path, dtype=dtype, device=opts.device, progress=False,
-                       weight_format=opts.resolved_weight_format(), mtp="yes" if speculate else "no")
+    parallel = join(opts, rank=0)
+    model = load_shard(opts, parallel, rank_device(opts, 0), mtp="yes" if speculate else "no")
     cfg = model.cfg
     page_size = opts.page_size or cfg.min_page_size
     budget = opts.kv_cache_bytes
@@ -45,8 +45,11 @@ def build_scheduler(opts: EngineOptions):
     tok = load_tokenizer(opts.model_path)
     k = opts.speculative_num_draft_tokens if speculate else 0
     shape = sizes.cache_shape(k)
-    runner = ModelRunner(model, shape, drafter=MTPDrafter(model, shape) if speculate else None,
-                         kv_cache_dtype=opts.kv_cache_dtype)
+    if opts.world_size > 1:
+        runner = LeaderRunner(model, shape, parallel.world_comm, opts.kv_cache_dtype)
+    else:
+        runner = ModelRunner(model, shape, drafter=MTPDrafter(model, shape) if speculate else None,
+                             kv_cache_dtype=opts.kv_cache_dtype)
     sched = Scheduler(runner, pools, chunked_prefill_size=opts.chunked_prefill_size,
                       policy=opts.schedule_policy, enable_prefix_cache=opts.enable_prefix_cache,
                       max_running=opts.max_running_requests, waiting_share=opts.prefill_waiting_share,
