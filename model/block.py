@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.mhc import hc_post, hc_pre
+from ..kernels.dispatch import hc_post, hc_pre
 from .attention import Attention
 from .batch import BatchPlan
 from .config import ModelConfig

@@ -26,6 +26,51 @@ if tuple(int(p) for p in triton.__version__.split(".")[:2]) < MIN_TRITON:
     raise ImportError(f"banyan's Triton kernels need triton >= {'.'.join(map(str, MIN_TRITON))}, "
                       f"found {triton.__version__}")
 
+
+def _direct_device_calls() -> None:
+    """Under the interpreter, every call of a `@triton.jit` helper inside a kernel re-patches
+    the `triton.language` modules its globals name (inspecting them: ~10 ms a call, most of a
+    model run's time when helpers sit in loops). A module stays patched while the launch that
+    patched it for its kernel runs, and one patched by a helper call stays patched for good
+    (the interpreter never restores those), so a helper whose modules are all in either set
+    runs directly. Applied only where triton's interpreter has the expected shape."""
+    from triton.runtime import interpreter
+
+    executor, function = getattr(interpreter, "GridExecutor", None), getattr(interpreter, "InterpretedFunction", None)
+    if executor is None or function is None or not hasattr(function, "rewrite"):
+        return
+    launch, device_call = executor.__call__, function.__call__
+    launches: list[set] = []  # the modules each running launch patched
+    kept: set = set()  # modules patched by helper calls, never restored
+
+    def languages(fn) -> set:
+        return {v for v in fn.__globals__.values() if v is tl or v is tl.core}
+
+    def counted_launch(self, *args, **kwargs):
+        launches.append(languages(self.fn))
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            launches.pop()
+
+    def direct_call(self, *args, **kwargs):
+        needed = languages(self.fn)
+        if not launches or not needed <= launches[-1] | kept:
+            result = device_call(self, *args, **kwargs)
+            if launches:
+                kept.update(needed - launches[-1])
+            return result
+        try:
+            return self.rewrite()(*args, **kwargs)
+        except Exception as e:
+            raise interpreter.InterpreterError(repr(e)) from e
+
+    executor.__call__, function.__call__ = counted_launch, direct_call
+
+
+if INTERPRET:
+    _direct_device_calls()
+
 # The interpreter computes bf16 arithmetic on raw bit patterns, so under it every bf16 value
 # is upcast right after its load and `tl.dot` runs in fp32; on a GPU dot operands stay bf16.
 # Its fp32 -> bf16 casts truncate and its fp32 -> e4m3 casts lose the rounding carry, so

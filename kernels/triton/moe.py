@@ -179,8 +179,14 @@ def _block_m(slots: int, experts: int) -> int:
 
 
 def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: QuantizedWeight, w3: QuantizedWeight,
-              w2: QuantizedWeight, limit: float, fp4_dot_scaled: bool = True) -> torch.Tensor:
-    """Routed experts of V4: `x [T, D]`, `ids/weights [T, k]`, `w1/w3 [E, I, D]`, `w2 [E, D, I]` -> `[T, D]`."""
+              w2: QuantizedWeight, limit: float, fp4_dot_scaled: bool | None = None) -> torch.Tensor:
+    """Routed experts of V4: `x [T, D]`, `ids/weights [T, k]`, `w1/w3 [E, I, D]`, `w2 [E, D, I]` -> `[T, D]`.
+
+    `fp4_dot_scaled` (default: for bf16 x) feeds FP4 tiles to `tl.dot_scaled`, which takes bf16
+    activations; otherwise they are decoded in registers, so fp32 x keeps fp32 products where
+    `tl.dot` does (the interpreter)."""
+    if fp4_dot_scaled is None:
+        fp4_dot_scaled = x.dtype == torch.bfloat16
     t, d = x.shape
     if t > MAX_CHUNK_TOKENS:
         return torch.cat([fused_moe(x[a:a + MAX_CHUNK_TOKENS], ids[a:a + MAX_CHUNK_TOKENS],
