@@ -1,10 +1,12 @@
 """Memory footprint: resident weight bytes per weight format and KV bytes per cached token.
 
-    python -m banyan.benchmarks.footprint [tiny flash pro | DIR | org/name ...] [--out results/footprint.json]
+    python -m banyan.benchmarks.footprint [tiny flash pro | DIR | org/name ...] [--tp N] [--ep N]
+        [--out results/footprint.json]
 
 Each argument is a config preset or a checkpoint (its config.json is read; weights are not
 loaded). Nothing is allocated: the numbers come from the model and KV-cache classes built
-on the meta device (see `banyan.model.footprint`).
+on the meta device (see `banyan.model.footprint`). With `--tp` / `--ep` every figure is per
+rank: one rank's weight shard, and its KV (replicated on every rank under TP and EP).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from ..model.config import PRESETS, ModelConfig
 from ..model.footprint import GIB, KV_COLUMNS, footprint
 from ..model.hub import resolve_model_path
+from ..model.parallel import ParallelConfig
 from .output import save, standalone
 
 WEIGHT_COLUMNS = ("checkpoint", "native_bf16", "dequant_bf16", "dequant_fp32")
@@ -48,11 +51,16 @@ def format_table(results: dict[str, dict]) -> str:
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", default=["tiny", "flash", "pro"],
                    help=f"presets ({', '.join(PRESETS)}) or checkpoints (default: every preset)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks: report one rank's share")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (1 or the world size)")
     p.add_argument("--out", default=None, help="JSON results file")
 
 
 def run(args: argparse.Namespace) -> int:
-    results = {name: footprint(load_config(name)) for name in args.models}
+    parallel = ParallelConfig(tp=args.tp, ep=args.ep)
+    if parallel.world_size > 1:
+        print(f"per rank of {parallel.world_size} (tp {args.tp}, ep {args.ep})")
+    results = {name: footprint(load_config(name), parallel) for name in args.models}
     print(format_table(results))
     save(args.out, results)
     return 0

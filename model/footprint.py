@@ -22,6 +22,7 @@ from .config import ModelConfig
 from .kv_cache import CacheShape, V4KVCache
 from .linear import QUANTIZED, to_native
 from .network import DeepseekV4
+from .parallel import Parallel, ParallelConfig
 
 _STORED_BYTES = {"bf16": 2, "fp32": 4, "int64": 8}
 KV_COLUMNS = {"bf16": (torch.bfloat16, "auto"), "fp8_e4m3": (torch.bfloat16, "fp8_e4m3"),
@@ -29,10 +30,11 @@ KV_COLUMNS = {"bf16": (torch.bfloat16, "auto"), "fp8_e4m3": (torch.bfloat16, "fp
 GIB = 1 << 30
 
 
-def native_formats(cfg: ModelConfig, mtp: bool = False) -> dict[str, tuple[str, torch.dtype]]:
+def native_formats(cfg: ModelConfig, mtp: bool = False, parallel: ParallelConfig = ParallelConfig()
+                   ) -> dict[str, tuple[str, torch.dtype]]:
     """Module path -> (format, scale dtype) of what the official checkpoint quantises."""
     with torch.device("meta"):
-        names = DeepseekV4(cfg, mtp=mtp).state_dict().keys()
+        names = DeepseekV4(cfg, mtp=mtp, parallel=Parallel(parallel)).state_dict().keys()
     out = {}
     for name in names:
         fmt = stored_format(name, cfg)
@@ -42,9 +44,10 @@ def native_formats(cfg: ModelConfig, mtp: bool = False) -> dict[str, tuple[str, 
 
 
 def _meta_state(cfg: ModelConfig, dtype: torch.dtype, formats: dict[str, tuple[str, torch.dtype]] | None = None,
-                mtp: bool = False) -> dict[str, torch.Tensor]:
+                mtp: bool = False, parallel: ParallelConfig = ParallelConfig()) -> dict[str, torch.Tensor]:
+    """The state of rank `parallel.rank`'s shard (the whole model at world size 1)."""
     with torch.device("meta"):
-        model = DeepseekV4(cfg, dtype=dtype, mtp=mtp)
+        model = DeepseekV4(cfg, dtype=dtype, mtp=mtp, parallel=Parallel(parallel))
     to_native(model, formats or {})
     return model.state_dict()
 
@@ -53,18 +56,20 @@ def _module_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if name.endswith((".weight", ".scale")) else name
 
 
-def weight_bytes(cfg: ModelConfig, mtp: bool = False) -> dict[str, dict[str, int]]:
-    """Per weight format: `total` bytes and the `routed_experts` part (`mtp`: with the MTP layer)."""
-    formats = native_formats(cfg, mtp)
+def weight_bytes(cfg: ModelConfig, mtp: bool = False, parallel: ParallelConfig = ParallelConfig()
+                 ) -> dict[str, dict[str, int]]:
+    """Per weight format: `total` bytes and the `routed_experts` part (`mtp`: with the MTP layer),
+    of one rank's shard under `parallel` (every rank's shard is the same size)."""
+    formats = native_formats(cfg, mtp, parallel)
     out = {}
-    native = _meta_state(cfg, torch.bfloat16, formats, mtp)
+    native = _meta_state(cfg, torch.bfloat16, formats, mtp, parallel)
     checkpoint = {name: t.numel() * (t.element_size() if _module_of(name) in formats
                                      else _STORED_BYTES[stored_format(name, cfg)])
                   for name, t in native.items()}
     out["checkpoint"] = checkpoint
     out["native_bf16"] = {name: t.numel() * t.element_size() for name, t in native.items()}
     for label, dtype in (("dequant_bf16", torch.bfloat16), ("dequant_fp32", torch.float32)):
-        state = _meta_state(cfg, dtype, mtp=mtp)
+        state = _meta_state(cfg, dtype, mtp=mtp, parallel=parallel)
         out[label] = {name: t.numel() * t.element_size() for name, t in state.items()}
     return {label: {"total": sum(sizes.values()),
                     "routed_experts": sum(n for name, n in sizes.items() if is_stacked_expert(name))}
@@ -89,11 +94,16 @@ def kv_bytes(cfg: ModelConfig, dtype: torch.dtype, page_size: int | None = None,
             "compressed_gib_per_million_tokens": compressed * 1e6 / GIB}
 
 
-def footprint(cfg: ModelConfig) -> dict:
-    """The whole report for one config."""
+def footprint(cfg: ModelConfig, parallel: ParallelConfig = ParallelConfig()) -> dict:
+    """The whole report for one config; with `parallel`, per rank: the weights of one rank's
+    shard (`params` stays the whole model's) and its KV, which tensor and expert parallelism
+    replicate on every rank (one shared K=V head, replicated compressors and indexer)."""
     params = sum(t.numel() for t in _meta_state(cfg, torch.float32).values())
-    return {"params": params, "expert_format": expert_format(cfg), "weights": weight_bytes(cfg),
-            "kv": {label: kv_bytes(cfg, dtype, kv_cache_dtype=kv) for label, (dtype, kv) in KV_COLUMNS.items()}}
+    out = {"params": params, "expert_format": expert_format(cfg), "weights": weight_bytes(cfg, parallel=parallel),
+           "kv": {label: kv_bytes(cfg, dtype, kv_cache_dtype=kv) for label, (dtype, kv) in KV_COLUMNS.items()}}
+    if parallel.world_size > 1:
+        out["parallel"] = {"tp": parallel.tp, "ep": parallel.ep, "ranks": parallel.world_size}
+    return out
 
 
 def resident_weight_bytes(model: torch.nn.Module) -> int:

@@ -156,3 +156,12 @@ def test_tp2_and_ep2_match_world_size_one(tiny_model, tiny_official, tmp_path):
 @pytest.mark.slow
 def test_tp2_with_ep2_matches_world_size_one(tiny_model, tiny_official, tmp_path):
     _check_layouts(tiny_model, tiny_official, tmp_path, [(2, 2)])
+
+
+@pytest.mark.parametrize("tp,ep", [(2, 1), (1, 2)])
+def test_footprint_per_rank_is_what_a_rank_holds(tiny_official, tp, ep):
+    from banyan.model.footprint import resident_weight_bytes, weight_bytes
+
+    shard = _rank_model(tiny_official, tp, ep, rank=1)
+    counted = weight_bytes(shard.cfg, mtp=shard.mtp is not None, parallel=ParallelConfig(tp=tp, ep=ep))
+    assert counted["dequant_fp32"]["total"] == resident_weight_bytes(shard)
