@@ -75,6 +75,16 @@ class DeepseekV4(nn.Module):
         return (logits, streams) if return_streams else logits
 
     @torch.inference_mode()
+    def idle_forward(self) -> None:
+        """A data-parallel rank with nothing to run this step: join every layer's expert
+        dispatch with no tokens of its own (it still runs the tokens other ranks route to its
+        experts), so that the collectives stay in lock-step."""
+        x = torch.empty(0, self.cfg.hidden_size, dtype=self.dtype, device=self.device)  # [0, D]
+        ids = torch.empty(0, dtype=torch.long, device=self.device)
+        for block in self.layers:
+            block.ffn(x, ids)
+
+    @torch.inference_mode()
     def forward_mtp(self, batch: ForwardBatch, mtp_cache: LayerCache, streams: torch.Tensor,
                     page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One MTP pass: `batch.input_ids` are the tokens that follow each position, `streams`

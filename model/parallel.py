@@ -55,11 +55,17 @@ class ParallelConfig:
         return self.rank % self.ep
 
     def check_layout(self) -> None:
-        """The layouts the model implements: TP over all ranks, optionally with EP over the same ranks."""
-        if self.dp > 1:
-            raise ValueError("data-parallel attention (dp > 1) is not implemented yet")
+        """The layouts the model implements: TP over all ranks, optionally with EP over the same
+        ranks; or data-parallel attention (every rank its own batch) with EP over all ranks."""
         if self.ep not in (1, self.world_size):
             raise ValueError(f"ep must be 1 or the world size {self.world_size}, got {self.ep}")
+        if self.dp > 1 and self.tp > 1:
+            raise ValueError("data-parallel attention with tensor parallelism inside a group is not implemented")
+
+    @property
+    def tokens_replicated(self) -> bool:
+        """Whether every rank runs the same tokens (TP/EP), or each its own batch (DP attention)."""
+        return self.dp == 1
 
     def check_model(self, cfg: "ModelConfig") -> None:
         """Refuse a model whose heads, groups, experts or vocabulary do not split evenly."""

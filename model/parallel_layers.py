@@ -58,20 +58,24 @@ def _token_slice(n: int, rank: int, world: int) -> slice:
 
 def expert_parallel_moe(x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, experts: Experts,
                         parallel: Parallel, n_experts: int) -> torch.Tensor:
-    """Routed experts partitioned over all ranks, for tokens every rank holds (TP or replicated attention).
+    """Routed experts partitioned over all ranks.
 
-    x: `[T, D]`, idx / weights: `[T, k]` global expert ids and routing weights, bitwise equal
-    on every rank. `experts(rows, local_idx [R, 1], ones [R, 1])` runs this rank's experts.
+    x: `[T, D]`, idx / weights: `[T, k]` global expert ids and routing weights.
+    `experts(rows, local_idx [R, 1], ones [R, 1])` runs this rank's experts.
 
-    Each rank takes a contiguous share of the tokens and all-to-alls its token-expert pairs to
-    the experts' owners (uneven splits, a rank may send or receive none), which run them and
-    all-to-all the rows back; the owner of each token sums them with its routing weights in
-    fp32, and an all-gather gives every rank every token's result. Returns `[T, D]`.
+    When every rank holds the same tokens (TP or replicated attention; bitwise-equal routing),
+    each rank takes a contiguous share of them; under data-parallel attention a rank's share is
+    its own batch (possibly empty: an idle rank still serves its experts). The share's
+    token-expert pairs are all-to-alled to the experts' owners (uneven splits, a rank may send
+    or receive none), which run them and all-to-all the rows back; the token's rank sums them
+    with its routing weights in fp32. With replicated tokens an all-gather then gives every rank
+    every token's result. Returns `[T, D]`.
     """
     comm, world = parallel.world_comm, parallel.world_comm.world_size
     per_rank = n_experts // world
     t, k = idx.shape
-    mine = _token_slice(t, comm.rank, world)
+    replicated = parallel.config.tokens_replicated
+    mine = _token_slice(t, comm.rank, world) if replicated else slice(0, t)
     pair_expert = idx[mine].flatten()  # [n*k] this rank's token-expert pairs
     dest, order = (pair_expert // per_rank).sort(stable=True)  # pairs grouped by owner rank
     send = torch.bincount(dest, minlength=world)
@@ -84,6 +88,8 @@ def expert_parallel_moe(x: torch.Tensor, idx: torch.Tensor, weights: torch.Tenso
     done = comm.all_to_all(experts(rows, local.unsqueeze(1), ones), recv_counts, send_counts)  # [n*k, D]
     scaled = done.float() * weights[mine].flatten().index_select(0, order).unsqueeze(1)
     out = torch.zeros(mine.stop - mine.start, x.shape[1], device=x.device).index_add_(0, token - mine.start, scaled)
+    if not replicated:
+        return out.to(x.dtype)
     # all-gather needs equal shares: pad each rank's tokens to the largest share
     width = -(-t // world)
     padded = torch.zeros(width, x.shape[1], device=x.device)
