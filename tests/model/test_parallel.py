@@ -97,6 +97,32 @@ def test_stored_slices_must_be_whole_scale_blocks(tiny_official):
         _rank_model(tiny_official, 2, 1, 0, weight_format="native")
 
 
+def test_stored_slices_keep_their_scale_blocks(tmp_path):
+    """A config whose TP2 slices are whole blocks (wo_a/wo_b 128 per rank, experts 128 rows):
+    each rank keeps its FP8/FP4 weights and scales as stored, byte for byte the slice of the
+    whole stored model."""
+    from banyan.model.config import ModelConfig
+    from banyan.model.make_tiny import make_tiny
+
+    cfg = ModelConfig.preset("tiny").replace(o_lora_rank=128, moe_intermediate_size=256, n_shared_experts=0)
+    path = make_tiny(tmp_path / "aligned", seed=2, cfg=cfg, mtp=False)
+    full = load_model(path, progress=False, weight_format="native").state_dict()
+    fp8_cut = {"attn.wq_b.weight": 0, "attn.wq_b.scale": 0, "attn.wo_a.weight": 0, "attn.wo_a.scale": 0,
+               "attn.wo_b.weight": 1, "attn.wo_b.scale": 1}
+    for rank in range(2):
+        shard = _rank_model(path, 2, 1, rank, weight_format="native").state_dict()
+        assert shard.keys() == full.keys()
+        for name, got in shard.items():
+            want, rest = full[name], name.split(".", 2)[-1]
+            dim = fp8_cut.get(rest, tp_split_dim(name, False))
+            if is_stacked_expert(name):
+                dim = 1 + (1 if name.endswith("w2.weight") or name.endswith("w2.scale") else 0)
+            if dim is not None and got.shape != want.shape:
+                part = want.shape[dim] // 2
+                want = want.narrow(dim, rank * part, part)
+            assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8)), name
+
+
 def test_layouts_that_do_not_split_are_refused(tiny_official):
     with pytest.raises(ValueError, match="'o_groups' \\(2\\) does not split into 4"):
         _rank_model(tiny_official, 4, 1, 0)
