@@ -14,10 +14,30 @@ import time
 import openai
 import pytest
 
+from banyan.runtime.cli import build_parser
+from banyan.runtime.options import EngineOptions
 from banyan.tests.runtime.server.conftest import API_KEY, free_port, start_server
 
 PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away,"]
 EXIT_WITHIN_S = 30
+
+
+def test_parallel_flags_and_their_checks():
+    args = build_parser().parse_args(["serve", "--tensor-parallel-size", "2", "--ep", "2", "--nnodes", "2",
+                                      "--node-rank", "1", "--dist-init-addr", "10.0.0.1:5000"])
+    assert (args.tp_size, args.ep_size, args.nnodes, args.node_rank, args.dist_init_addr) == \
+        (2, 2, 2, 1, "10.0.0.1:5000")
+    opts = EngineOptions(tp_size=4, nnodes=2, node_rank=1, dist_init_addr="10.0.0.1:5000")
+    opts.validate()
+    assert (opts.world_size, list(opts.local_ranks)) == (4, [2, 3])
+    for bad, match in [({"tp_size": 2, "nnodes": 2}, "needs dist_init_addr"),
+                       ({"tp_size": 3, "nnodes": 2, "dist_init_addr": "h:1"}, "do not spread evenly"),
+                       ({"tp_size": 2, "dist_init_addr": "nohost"}, "HOST:PORT"),
+                       ({"tp_size": 4, "ep_size": 2}, "ep must be 1 or the world size 4"),
+                       ({"dp_size": 2, "ep_size": 2}, "data-parallel attention .* not implemented"),
+                       ({"tp_size": 2, "speculative_algorithm": "mtp"}, "speculative decoding is not supported")]:
+        with pytest.raises(ValueError, match=match):
+            EngineOptions(**bad).validate()
 
 
 def _answers(server) -> list[str]:
