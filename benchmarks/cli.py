@@ -6,8 +6,9 @@
     banyan bench gpu [--tiny]                                                   (decode MBU, prefill FLOP/s)
     banyan bench long-context [--lengths 1024 4096 ...]                         (prefill, TPOT, memory vs length)
     banyan bench footprint [tiny flash pro DIR...] [--out FILE]                 (weight and KV bytes)
+    banyan bench speculative [--drafter perfect trained] [--k 0 1 2 3]          (MTP speculative decoding)
 
-Each subcommand is also `python -m banyan.benchmarks.<serving|offline|programs|gpu|long_context|footprint>`.
+Each subcommand is also `python -m banyan.benchmarks.<serving|offline|programs|gpu|long_context|footprint|speculative>`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 
 from ..model.hub import resolve_model_path
-from . import footprint, gpu, long_context, offline, programs, serving
+from . import footprint, gpu, long_context, offline, programs, serving, speculative
 
 SUBCOMMANDS = {
     "serve": (serving, "online benchmark against a running server"),
@@ -25,6 +26,8 @@ SUBCOMMANDS = {
     "gpu": (gpu, "model decode tokens/s with MBU and prefill FLOP/s (--tiny: CPU smoke test)"),
     "long-context": (long_context, "prefill tokens/s, TPOT and peak memory per context length, Engine vs transformers"),
     "footprint": (footprint, "resident weight bytes per weight format and KV bytes per cached token"),
+    "speculative": (speculative, "MTP speculative decoding, K = 0..3: decode tok/s, target forwards per token, "
+                                 "acceptance per position (perfect and trained drafters)"),
 }
 
 

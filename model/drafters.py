@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from .config import ModelConfig
 from .kv_cache import CacheShape, LayerCache
 from .network import DeepseekV4
-from .runner import RunOutput, RunRequest, forward_batch
+from .runner import RunOutput, RunRequest, TokenHistory, forward_batch
 from .sampling import SamplingRow, target_distribution
 
 
@@ -27,9 +28,9 @@ class ContextDrafter:
 
     needs_streams = False
 
-    def propose(self, key: str, context: list[int], k: int) -> tuple[list[int], torch.Tensor | None]:
-        """`k` drafts to follow `context` (prompt, output, this step's tokens) and the distribution
-        `[k, V]` each was drawn from (None: greedy drafts)."""
+    def propose(self, key: str, context: TokenHistory, k: int) -> tuple[list[int], torch.Tensor | None]:
+        """`k` drafts to follow `context` (prompt, output, this step's tokens; a view, read only
+        what is needed) and the distribution `[k, V]` each was drawn from (None: greedy drafts)."""
         raise NotImplementedError
 
     def draft(self, requests: list[RunRequest], outputs: list[RunOutput], streams: torch.Tensor | None) -> None:
@@ -47,12 +48,15 @@ class MTPDrafter:
     def __init__(self, model: DeepseekV4, shape: CacheShape) -> None:
         if model.mtp is None:
             raise ValueError("MTP speculative decoding needs a model loaded with its MTP layer")
-        cfg = model.cfg
         self.model, self.page_size = model, shape.page_size
-        self.cache = LayerCache(cfg, cfg.num_layers, shape, model.dtype, model.device)
-        # the target's streams at each page's last position, by compressed page
-        self.boundary = torch.zeros(shape.num_pages, cfg.hc_mult, cfg.hidden_size, dtype=model.dtype,
-                                    device=model.device)
+        self.cache, self.boundary = _mtp_state(model.cfg, shape, model.dtype, model.device)
+
+    @staticmethod
+    def bytes_per_page(cfg: ModelConfig, page_size: int, dtype: torch.dtype) -> tuple[int, int]:
+        """What the drafter allocates per compressed page (its boundary streams) and per
+        sliding-window page (the MTP layer's window KV), for sizing pools from a budget."""
+        cache, boundary = _mtp_state(cfg, CacheShape(page_size, 1, 1, 1), dtype, torch.device("meta"))
+        return boundary.nbytes, cache.swa.nbytes
 
     def draft(self, requests: list[RunRequest], outputs: list[RunOutput], streams: torch.Tensor | None) -> None:
         assert streams is not None, "the MTP drafter needs the target's streams"
@@ -125,6 +129,14 @@ class MTPDrafter:
         for i, r, out in chained:
             out.drafts = drafts[i]
             out.draft_probs = None if r.sampling.greedy else torch.stack(probs[i])
+
+
+def _mtp_state(cfg: ModelConfig, shape: CacheShape, dtype: torch.dtype,
+               device: torch.device) -> tuple[LayerCache, torch.Tensor]:
+    """The MTP layer's cache (its window KV in the SWA pages) and the target's streams at each
+    compressed page's last position `[num_pages, n, D]`."""
+    cache = LayerCache(cfg, cfg.num_layers, shape, dtype, device)
+    return cache, torch.zeros(shape.num_pages, cfg.hc_mult, cfg.hidden_size, dtype=dtype, device=device)
 
 
 def _draw(logits: torch.Tensor, row: SamplingRow) -> tuple[int, torch.Tensor | None]:

@@ -17,8 +17,9 @@ Where the next pieces plug in:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, overload
 
 import torch
 
@@ -29,7 +30,7 @@ from .sampling import SamplingRow, sample, target_distribution
 from .speculative import Verdict, verify_greedy, verify_rejection
 
 __all__ = ["Drafter", "ModelRunner", "PromptScoring", "RunOutput", "RunRequest", "SamplingRow", "Speculation",
-           "forward_batch"]
+           "TokenHistory", "forward_batch"]
 
 
 class Drafter(Protocol):
@@ -43,12 +44,56 @@ class Drafter(Protocol):
         ...
 
 
+class TokenHistory(Sequence[int]):
+    """A request's tokens by reference: a concatenation of the scheduler's own lists (prompt,
+    output, a step's new tokens), not a copy. Building one per step costs O(1); a drafter that
+    needs the tokens reads the part it needs (`tail`). Valid while the step runs: the scheduler
+    appends to the output list afterwards."""
+
+    def __init__(self, *parts: list[int]) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        j = i + len(self) if i < 0 else i
+        for part in self.parts:
+            if 0 <= j < len(part):
+                return part[j]
+            j -= len(part)
+        raise IndexError(i)
+
+    def __add__(self, more: list[int]) -> "TokenHistory":
+        return TokenHistory(*self.parts, more)
+
+    def tail(self, n: int) -> list[int]:
+        """The last `n` tokens (all of them when there are fewer)."""
+        out: list[int] = []
+        for part in reversed(self.parts):
+            if len(out) >= n:
+                break
+            out[:0] = part[max(0, len(part) - (n - len(out))):]
+        return out
+
+    def tokens(self) -> list[int]:
+        return [t for part in self.parts for t in part]
+
+
 @dataclass
 class Speculation:
     """A decoding request that verifies drafts this step and wants new ones after it."""
 
     key: str  # the request, for drafters that keep per-request state
-    context: list[int]  # committed tokens before this step (the last one is `tokens[0]`)
+    context: TokenHistory  # the request's tokens before this step's drafts (by reference, see TokenHistory)
     drafts: list[int] = field(default_factory=list)  # verified this step: `tokens[1:]`
     draft_probs: torch.Tensor | None = None  # [len(drafts), V], None: greedy drafts
     next_k: int = 0  # drafts to propose after this step (0: the drafter only follows along)

@@ -168,7 +168,7 @@ class Detokenizer:
             del self.states[out.rid]
         return TextOut(out.rid, delta, new_ids, [out.logprob] if new_ids else [],
                        [out.top_logprobs] if new_ids else [], out.finish, out.prompt_tokens, out.cached_tokens,
-                       out.completion_tokens, out.input_logprobs, out.input_top_logprobs)
+                       out.completion_tokens, out.input_logprobs, out.input_top_logprobs, out.spec)
 
     def step_batch(self, batch: TokenBatch) -> TextBatch:
         return TextBatch([self.step(item) for item in batch.items])

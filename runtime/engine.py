@@ -108,6 +108,8 @@ def _meta(o: TextOut, logprobs: list, top_logprobs: list, inputs: TextOut) -> di
     if inputs.input_logprobs:
         meta["input_token_logprobs"] = list(inputs.input_logprobs)
         meta["input_top_logprobs"] = list(inputs.input_top_logprobs)
+    if o.spec is not None:
+        meta.update(o.spec.meta_info(o.completion_tokens))
     return meta
 
 

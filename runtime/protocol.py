@@ -38,6 +38,22 @@ class RequestMeta(msgspec.Struct, tag=True):
     stop_regex: list[str] = []
 
 
+class SpecCounts(msgspec.Struct, array_like=True):
+    """A speculating request's draft counts so far (None in messages of plain decoding)."""
+
+    verify_steps: int  # steps that verified drafts
+    draft_tokens: int  # drafts verified
+    accepted_tokens: int  # drafts kept
+
+    def meta_info(self, completion_tokens: int) -> dict:
+        """The counts under SGLang's `meta_info` names; `spec_accept_length` is, as in SGLang,
+        completion tokens per verify step."""
+        steps, drafts, kept = self.verify_steps, self.draft_tokens, self.accepted_tokens
+        return {"spec_verify_ct": steps, "spec_draft_token_num": drafts, "spec_accept_token_num": kept,
+                "spec_accept_rate": kept / drafts if drafts else 0.0,
+                "spec_accept_length": completion_tokens / steps if steps else 0.0}
+
+
 class TokenOut(msgspec.Struct):
     rid: str
     token: int | None
@@ -49,6 +65,7 @@ class TokenOut(msgspec.Struct):
     completion_tokens: int
     input_logprobs: list[float | None] = []
     input_top_logprobs: list[list[tuple[int, float]]] = []
+    spec: SpecCounts | None = None
 
 
 class TokenBatch(msgspec.Struct, tag=True):
@@ -80,6 +97,7 @@ class TextOut(msgspec.Struct, tag=True):
     completion_tokens: int
     input_logprobs: list[float | None] = []
     input_top_logprobs: list[list[tuple[int, float]]] = []
+    spec: SpecCounts | None = None
 
 
 class TextBatch(msgspec.Struct, tag=True):

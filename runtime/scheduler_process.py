@@ -20,7 +20,7 @@ from ..scheduler.scheduler import Scheduler, StepOutput
 from .options import EngineOptions
 from .rank_worker import LeaderRunner, join, load_shard, rank_device
 from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, RequestMeta,
-                       TokenBatch, TokenOut, encode, scheduler_decoder)
+                       SpecCounts, TokenBatch, TokenOut, encode, scheduler_decoder)
 from .tokenizer import load_tokenizer
 from .watchdog import Watchdog
 
@@ -39,11 +39,11 @@ def build_scheduler(opts: EngineOptions):
     if torch.device(opts.device).type == "cuda":
         free, _ = torch.cuda.mem_get_info(torch.device(opts.device))
         budget = int(free * opts.mem_fraction)
+    k = opts.speculative_num_draft_tokens if speculate else 0
     sizes = sizes_from_budget(cfg, budget, page_size, opts.max_running_requests, dtype, opts.swa_fraction,
-                              opts.chunked_prefill_size, kv_cache_dtype=opts.kv_cache_dtype)
+                              opts.chunked_prefill_size, kv_cache_dtype=opts.kv_cache_dtype, draft_tokens=k)
     pools = MemoryPools(sizes)
     tok = load_tokenizer(opts.model_path)
-    k = opts.speculative_num_draft_tokens if speculate else 0
     shape = sizes.cache_shape(k)
     if opts.world_size > 1:
         runner = LeaderRunner(model, shape, parallel.world_comm, opts.kv_cache_dtype)
@@ -58,9 +58,11 @@ def build_scheduler(opts: EngineOptions):
     return sched, tok
 
 
-def _token_out(o: StepOutput) -> TokenOut:
+def _token_out(o: StepOutput, speculating: bool) -> TokenOut:
+    spec = SpecCounts(o.spec_verify_steps, o.spec_draft_tokens, o.spec_accepted_tokens) if speculating else None
     return TokenOut(o.rid, o.token, o.logprob, o.top_logprobs, o.finish.to_dict() if o.finish else None,
-                    o.prompt_tokens, o.cached_tokens, o.completion_tokens, o.input_logprobs, o.input_top_logprobs)
+                    o.prompt_tokens, o.cached_tokens, o.completion_tokens, o.input_logprobs, o.input_top_logprobs,
+                    spec)
 
 
 class SchedulerLoop:
@@ -155,7 +157,8 @@ class SchedulerLoop:
                 time.sleep(self._test_step_delay)
             outs = self.sched.step()
         if outs:
-            self.send.send(encode(TokenBatch([_token_out(o) for o in outs])))
+            speculating = self.sched.num_draft_tokens > 0
+            self.send.send(encode(TokenBatch([_token_out(o, speculating) for o in outs])))
 
     def run(self) -> None:
         poller = zmq.Poller()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.config import ModelConfig
+from ..model.drafters import MTPDrafter
 from ..model.kv_cache import CacheShape, V4KVCache
 
 
@@ -70,6 +71,7 @@ def min_swa_pages(cfg: ModelConfig, page_size: int, max_requests: int, chunk_tok
 
 def sizes_from_budget(cfg: ModelConfig, budget_bytes: int, page_size: int, max_requests: int,
                       dtype: torch.dtype, swa_fraction: float = 1.0, chunk_tokens: int = 512,
+                      draft_tokens: int = 0,
                       kv_cache_dtype: str = "auto") -> PoolSizes:
     """Split a byte budget into compressed pages and sliding-window pages of the pools that
     `kv_cache_dtype` allocates.
@@ -77,14 +79,18 @@ def sizes_from_budget(cfg: ModelConfig, budget_bytes: int, page_size: int, max_r
     Old pages only need their sliding-window KV as resume points of the prefix cache, so the
     SWA pool may be a fraction of the page pool (interior windows are tombstoned under
     pressure); for V4-Flash the SWA part of a page is ~4x its compressed part, so a small
-    fraction multiplies the token capacity."""
+    fraction multiplies the token capacity. With `draft_tokens` (MTP speculation) the rings are
+    `window + K - 1` rows and the drafter's window KV and page boundary streams are counted too."""
     if not 0 < swa_fraction <= 1:
         raise ValueError(f"swa_fraction must be in (0, 1], got {swa_fraction}")
-    probe = V4KVCache(cfg, CacheShape(page_size, 1, 1, 1), dtype=dtype, device="meta",
+    probe = V4KVCache(cfg, CacheShape(page_size, 1, 1, 1, draft_tokens), dtype=dtype, device="meta",
                       kv_cache_dtype=kv_cache_dtype)
     ring_bytes = probe.bytes_per_request_slot() * max_requests
-    floor_swa = min_swa_pages(cfg, page_size, max_requests, chunk_tokens)
+    floor_swa = min_swa_pages(cfg, page_size, max_requests, chunk_tokens, draft_tokens)
     page_bytes, swa_bytes = probe.bytes_per_page(), probe.bytes_per_swa_page()
+    if draft_tokens:
+        mtp_page, mtp_swa = MTPDrafter.bytes_per_page(cfg, page_size, dtype)
+        page_bytes, swa_bytes = page_bytes + mtp_page, swa_bytes + mtp_swa
     pages = int((budget_bytes - ring_bytes) // (page_bytes + swa_fraction * swa_bytes))
     swa_pages = int(pages * swa_fraction)
     if swa_pages < floor_swa:  # the floor binds: give it its bytes first

@@ -67,6 +67,7 @@ class Request:
     drafts: list[int] = field(default_factory=list)  # proposed to follow the last token
     draft_probs: torch.Tensor | None = None  # [len(drafts), V]; None: greedy drafts
     spec_verify_steps: int = 0
+    spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
 
     @property

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..model.runner import ModelRunner, PromptScoring, RunOutput, RunRequest, SamplingRow, Speculation
+from ..model.runner import ModelRunner, PromptScoring, RunOutput, RunRequest, SamplingRow, Speculation, TokenHistory
 from .cache_manager import CacheManager
 from .pools import MemoryPools, min_swa_pages
 from .request import FinishReason, Request
@@ -38,6 +38,7 @@ class StepOutput:
     input_logprobs: list[float | None] = field(default_factory=list)
     input_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     spec_verify_steps: int = 0  # steps that verified drafts for this request so far
+    spec_draft_tokens: int = 0  # drafts it verified so far
     spec_accepted_tokens: int = 0  # drafts it kept so far
 
 
@@ -52,6 +53,7 @@ class SchedulerStats:
     spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
     spec_accepted_at: list[int] = field(default_factory=list)  # kept drafts by position (0 = first draft)
+    spec_drafted_at: list[int] = field(default_factory=list)  # verified drafts by position
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Scheduler:
         self.cache = CacheManager(pools, self.cfg.sliding_window, enable_prefix_cache)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.stats = SchedulerStats()
+        self.stats = SchedulerStats(spec_accepted_at=[0] * num_draft_tokens, spec_drafted_at=[0] * num_draft_tokens)
         self._aborted: list[StepOutput] = []
 
     # ---- intake -----------------------------------------------------------------------------
@@ -183,9 +185,10 @@ class Scheduler:
         drafter with state, like MTP, follows every token); only eligible requests get drafts."""
         if not self.num_draft_tokens:
             return None
-        following = req.seq[req.computed + n] if req.pending > n else None
+        history = TokenHistory(req.prompt_ids, req.output_ids)  # by reference: no per-step copy
+        following = history[req.computed + n] if req.pending > n else None
         next_k = self.num_draft_tokens if samples and self._speculates(req) else 0
-        return Speculation(req.rid, req.seq, drafts, _first_rows(req.draft_probs, len(drafts)), next_k, following)
+        return Speculation(req.rid, history, drafts, _first_rows(req.draft_probs, len(drafts)), next_k, following)
 
     def process_results(self, batch: list[ScheduledItem], results: list[RunOutput]) -> list[StepOutput]:
         """Advance each request by what ran, cache its completed pages, emit its new tokens."""
@@ -226,13 +229,15 @@ class Scheduler:
             return
         st = self.stats
         req.spec_verify_steps += 1
+        req.spec_draft_tokens += len(spec.drafts)
         req.spec_accepted_tokens += res.accepted
         st.spec_verify_steps += 1
         st.spec_draft_tokens += len(spec.drafts)
         st.spec_accepted_tokens += res.accepted
-        st.spec_accepted_at += [0] * (len(spec.drafts) - len(st.spec_accepted_at))
-        for i in range(res.accepted):
-            st.spec_accepted_at[i] += 1
+        for counts, n in ((st.spec_accepted_at, res.accepted), (st.spec_drafted_at, len(spec.drafts))):
+            counts += [0] * (len(spec.drafts) - len(counts))
+            for i in range(n):
+                counts[i] += 1
 
     def check_integrity(self) -> None:
         """Raise `IntegrityError` if the pools, the tree and the running requests disagree."""
@@ -425,7 +430,7 @@ class Scheduler:
                 top: list[tuple[int, float]]) -> StepOutput:
         out = StepOutput(req.rid, token, logprob, top, req.finish, len(req.prompt_ids), req.cached_tokens,
                          len(req.output_ids), spec_verify_steps=req.spec_verify_steps,
-                         spec_accepted_tokens=req.spec_accepted_tokens)
+                         spec_draft_tokens=req.spec_draft_tokens, spec_accepted_tokens=req.spec_accepted_tokens)
         if req.wants_input_logprobs and len(req.output_ids) <= 1 and len(req.input_logprobs) == \
                 len(req.prompt_ids) - req.logprob_start_len:
             out.input_logprobs, out.input_top_logprobs = req.input_logprobs, req.input_top_logprobs
@@ -451,6 +456,10 @@ class Scheduler:
             "retractions": self.stats.retractions,
             "evicted_pages": self.cache.evicted_pages,
             "steps": self.stats.steps,
+            "spec_verify_steps": self.stats.spec_verify_steps,
+            "spec_draft_tokens": self.stats.spec_draft_tokens,
+            "spec_accepted_tokens": self.stats.spec_accepted_tokens,
+            "spec_accepted_at": list(self.stats.spec_accepted_at),
         }
 
 

@@ -51,6 +51,24 @@ class _SchedulerCollector(Collector):
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(PREFIX + name, doc, value=value)
+        yield from _speculation(s)
+
+
+def _speculation(s: dict) -> Iterator:
+    """Speculative decoding counters under vLLM's names: drafts (request-steps that verified
+    drafts), draft tokens, accepted tokens, and accepted tokens by draft position."""
+    counters = {
+        "spec_decode_num_drafts": ("Number of spec decoding drafts.", s["spec_verify_steps"]),
+        "spec_decode_num_draft_tokens": ("Number of draft tokens.", s["spec_draft_tokens"]),
+        "spec_decode_num_accepted_tokens": ("Number of accepted tokens.", s["spec_accepted_tokens"]),
+    }
+    for name, (doc, value) in counters.items():
+        yield CounterMetricFamily(PREFIX + name, doc, value=value)
+    per_pos = CounterMetricFamily(PREFIX + "spec_decode_num_accepted_tokens_per_pos",
+                                  "Accepted tokens per draft position.", labels=["position"])
+    for position, value in enumerate(s["spec_accepted_at"]):
+        per_pos.add_metric([str(position)], value)
+    yield per_pos
 
 
 class ServerMetrics:

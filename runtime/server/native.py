@@ -130,6 +130,7 @@ def _response(out: dict, call: Call, texts: TokenTexts, with_text: bool, started
     info = {"id": meta["id"], "prompt_tokens": meta["prompt_tokens"], "completion_tokens": meta["completion_tokens"],
             "cached_tokens": meta["cached_tokens"], "finish_reason": _finish(meta),
             "e2e_latency": time.time() - started}
+    info.update({k: v for k, v in meta.items() if k.startswith("spec_")})  # speculative decoding counts
     if call.return_logprob:
         start = max(call.logprob_start_len, 0)
         input_ids = call.input_ids[start:] if call.logprob_start_len >= 0 else []
