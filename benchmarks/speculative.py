@@ -4,7 +4,8 @@
 
 Every (drafter, K) builds the scheduler exactly as `banyan serve` does (`build_scheduler`:
 pools sized from the budget, rings of `window + K - 1` rows, the MTP drafter) and decodes
-`--prompts` greedy batch-1 requests of `--new-tokens` tokens in process. It reports decode
+`--prompts` greedy batch-1 requests of `--new-tokens` tokens in process, each prompt with
+every K in turn (load drift on a shared machine then hits every K alike). It reports decode
 tokens/s (tokens after the first over the time after the first), target forwards per
 emitted token (scheduler steps, each one target forward, over tokens; prefill included),
 the mean tokens per verify step, and acceptance per draft position (kept drafts at that
@@ -77,37 +78,55 @@ def prompts(n: int, length: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(3, 128000) for _ in range(length)] for _ in range(n)]
 
 
-def measure(model_path: str, k: int, batch: list[list[int]], new_tokens: int, kv_cache_bytes: int) -> dict:
-    """Decode each prompt alone (batch 1) with K drafts per step (0: no speculation)."""
+def _scheduler(model_path: str, k: int, kv_cache_bytes: int):
+    """The scheduler `banyan serve` builds, batch 1, with K drafts per step (0: no speculation)."""
     opts = EngineOptions(model_path=model_path, dtype="float32", device="cpu", max_running_requests=1,
                          kv_cache_bytes=kv_cache_bytes, chunked_prefill_size=512,
                          speculative_algorithm="mtp" if k else None, speculative_num_draft_tokens=max(k, 1))
-    sched, _ = build_scheduler(opts)
-    decode_s, tokens, decode_tokens = 0.0, 0, 0
-    outputs = []
-    for i, ids in enumerate([batch[0]] + batch):  # the first is a warm-up, not counted
-        req = Request(f"r{i}", ids, SamplingParams(max_new_tokens=new_tokens, temperature=0, ignore_eos=True))
-        sched.add(req)
-        first = None
-        while sched.has_work():
-            sched.step()
-            if first is None and req.output_ids:
-                first = time.perf_counter()
-        if i == 0:
-            warm = (sched.stats.steps, sched.stats.spec_verify_steps, list(sched.stats.spec_accepted_at),
-                    list(sched.stats.spec_drafted_at))
-            continue
-        decode_s += time.perf_counter() - first
-        tokens += len(req.output_ids)
-        decode_tokens += len(req.output_ids) - 1
-        outputs.append(req.output_ids)
+    return build_scheduler(opts)[0]
+
+
+def _decode(sched, rid: str, ids: list[int], new_tokens: int) -> tuple[list[int], float]:
+    """Greedy output of one request alone and the seconds after its first token."""
+    req = Request(rid, ids, SamplingParams(max_new_tokens=new_tokens, temperature=0, ignore_eos=True))
+    sched.add(req)
+    first = None
+    while sched.has_work():
+        sched.step()
+        if first is None and req.output_ids:
+            first = time.perf_counter()
+    return req.output_ids, time.perf_counter() - first
+
+
+def _counts(sched) -> list:
     st = sched.stats
-    steps, verify = st.steps - warm[0], st.spec_verify_steps - warm[1]
-    accepted_at, drafted_at = (_since(now, then) for now, then in ((st.spec_accepted_at, warm[2]),
-                                                                    (st.spec_drafted_at, warm[3])))
+    return [st.steps, st.spec_verify_steps, list(st.spec_accepted_at), list(st.spec_drafted_at)]
+
+
+def measure(model_path: str, ks: list[int], batch: list[list[int]], new_tokens: int, kv_cache_bytes: int) -> list[dict]:
+    """Decode each prompt alone with every K in turn (so that a machine's load drifts over all K
+    alike), after one warm-up request per K."""
+    scheds = {k: _scheduler(model_path, k, kv_cache_bytes) for k in ks}
+    for k, sched in scheds.items():
+        _decode(sched, "warm-up", batch[0], new_tokens)
+    start = {k: _counts(sched) for k, sched in scheds.items()}
+    seconds, outputs = dict.fromkeys(ks, 0.0), {k: [] for k in ks}
+    for i, ids in enumerate(batch):
+        for k, sched in scheds.items():
+            out, s = _decode(sched, f"r{i}", ids, new_tokens)
+            outputs[k].append(out)
+            seconds[k] += s
+    return [_result(k, _counts(scheds[k]), start[k], outputs[k], seconds[k]) for k in ks]
+
+
+def _result(k: int, now: list, then: list, outputs: list[list[int]], seconds: float) -> dict:
+    steps, verify = now[0] - then[0], now[1] - then[1]
+    accepted_at, drafted_at = (_since(a, b) for a, b in ((now[2], then[2]), (now[3], then[3])))
+    tokens = sum(len(o) for o in outputs)
+    decode_tokens = tokens - len(outputs)  # after each request's first
     return {
-        "k": k, "requests": len(batch), "tokens": tokens,
-        "decode_tok_s": decode_tokens / decode_s,
+        "k": k, "requests": len(outputs), "tokens": tokens,
+        "decode_tok_s": decode_tokens / seconds,
         "target_forwards": steps,
         "target_forwards_per_token": steps / tokens,
         "verify_steps": verify,
@@ -122,7 +141,7 @@ def _since(now: list[int], then: list[int]) -> list[int]:
 
 
 def bench_drafter(name: str, path: str, ks: list[int], batch: list[list[int]], args: argparse.Namespace) -> dict:
-    runs = [measure(path, k, batch, args.new_tokens, int(args.kv_cache_gb * (1 << 30))) for k in ks]
+    runs = measure(path, ks, batch, args.new_tokens, int(args.kv_cache_gb * (1 << 30)))
     base = next((r for r in runs if r["k"] == 0), None)
     for r in runs:
         if base is not None:
