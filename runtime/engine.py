@@ -24,6 +24,8 @@ import socket
 import tempfile
 import threading
 import uuid
+import zlib
+from array import array
 from multiprocessing.connection import wait
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -117,6 +119,20 @@ def _chunk(o: TextOut) -> dict:
     return {"text": o.text, "output_ids": list(o.token_ids), "meta_info": _meta(o, o.logprobs, o.top_logprobs, o)}
 
 
+def _sum_stats(parts: list[dict]) -> dict:
+    """Data-parallel ranks' scheduler stats as one: numbers summed, lists summed position by position."""
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, list):
+                acc = out.setdefault(key, [])
+                acc += [0] * (len(value) - len(acc))
+                out[key] = [a + b for a, b in zip(acc, value + [0] * (len(acc) - len(value)))]
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,15 +168,23 @@ class Engine:
             self.options = msgspec.structs.replace(self.options, dist_init_addr=f"127.0.0.1:{_free_port()}")
         self.tokenizer = load_tokenizer(self.options.model_path)
         self._ipc_dir = tempfile.mkdtemp(prefix="banyan-ipc-")
-        addr = {name: f"ipc://{os.path.join(self._ipc_dir, name)}" for name in ("sched", "detok", "engine")}
+        dp = self.options.dp_size  # data-parallel attention: one scheduler per rank, "sched", "sched1", ...
+        names = ("sched", "detok", "engine", *(f"sched{r}" for r in range(1, dp)))
+        addr = {name: f"ipc://{os.path.join(self._ipc_dir, name)}" for name in names}
         self._ctx = zmq.Context()
         self._recv = self._ctx.socket(zmq.PULL)
         self._recv.bind(addr["engine"])
         self._send = self._ctx.socket(zmq.PUSH)
         self._send.connect(addr["sched"])
+        self._sends = [self._send]  # per data-parallel rank
+        for r in range(1, dp):
+            self._sends.append(self._ctx.socket(zmq.PUSH))
+            self._sends[-1].connect(addr[f"sched{r}"])
+        self._dp_rank: dict[str, int] = {}  # request -> the data-parallel rank serving it
         self._send_lock = threading.Lock()
         spawn = mp.get_context("spawn")
         ready_recv, ready_send = spawn.Pipe(duplex=False)
+        dp_ready = [spawn.Pipe(duplex=False) for _ in range(1, dp)]
         self._procs = [
             spawn.Process(target=_child_main, args=(run_scheduler_process, self.options, addr["sched"],
                                                     addr["detok"], ready_send),
@@ -168,8 +192,11 @@ class Engine:
             spawn.Process(target=_child_main, args=(run_detokenizer_process, self.options.model_path,
                                                     addr["detok"], addr["engine"]),
                           daemon=True, name="banyan-detokenizer"),
+            *(spawn.Process(target=_child_main, args=(run_scheduler_process, self.options, addr[f"sched{r}"],
+                                                      addr["detok"], dp_ready[r - 1][1], r),
+                            daemon=True, name=f"banyan-scheduler-{r}") for r in range(1, dp)),
             *(spawn.Process(target=_child_main, args=(run_rank_worker, self.options, rank), daemon=True,
-                            name=f"banyan-rank-{rank}") for rank in self.options.local_ranks[1:]),
+                            name=f"banyan-rank-{rank}") for rank in (self.options.local_ranks[1:] if dp == 1 else ())),
         ]
         self._on_death = on_death
         self._reap_lock = threading.Lock()
@@ -180,6 +207,8 @@ class Engine:
         self._dead: str | None = None
         self._closed = False
         self.info = self._wait_ready(ready_recv)
+        for conn, _ in dp_ready:
+            self.info["token_capacity"] += self._wait_ready(conn)["token_capacity"]
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._receive_loop, daemon=True, name="banyan-engine-recv")
         self._thread.start()
@@ -296,12 +325,22 @@ class Engine:
                 done = isinstance(msg, (ControlReply, ErrorOut)) or (isinstance(msg, TextOut) and msg.finish)
                 if done:
                     self._pending.pop(key, None)
+                    self._dp_rank.pop(key, None)
                 if pending is not None:
                     deliveries.append((pending, [msg, _END] if done else [msg]))
         _deliver(deliveries)
 
     # ---- requests ---------------------------------------------------------------------------------
-    def _submit(self, msg: msgspec.Struct, key: str, loop: asyncio.AbstractEventLoop | None = None) -> _Pending:
+    def _rank_for(self, ids: list[int]) -> int:
+        """Data-parallel attention: the rank for a new request, chosen by its first page of tokens,
+        so that requests sharing a prefix meet in one rank's prefix cache."""
+        first_page = array("q", ids[:self.info["page_size"]]).tobytes()
+        return zlib.crc32(first_page) % len(self._sends)
+
+    def _submit(self, msg: msgspec.Struct, key: str, loop: asyncio.AbstractEventLoop | None = None,
+                rank: int = 0) -> _Pending:
+        """Send `msg` to the scheduler of data-parallel rank `rank` (a new request: the rank
+        `_rank_for` picks)."""
         pending = _Pending(loop)
         with self._lock:
             if self._dead is not None:
@@ -309,8 +348,10 @@ class Engine:
             if key in self._pending:
                 raise RequestError(f"request id {key!r} is already in use")
             self._pending[key] = pending
+            if isinstance(msg, GenerateRequest) and len(self._sends) > 1:
+                rank = self._dp_rank[key] = self._rank_for(msg.input_ids)
         with self._send_lock:
-            self._send.send(encode(msg))
+            self._sends[rank].send(encode(msg))
         return pending
 
     def _prompt_ids(self, prompt: str | None, input_ids: list[int] | None) -> list[int]:
@@ -349,7 +390,7 @@ class Engine:
         if self._dead is not None:  # nothing left to abort, and no scheduler to take the message
             return
         with self._send_lock:
-            self._send.send(encode(AbortRequest(rid)))
+            self._sends[self._dp_rank.get(rid, 0)].send(encode(AbortRequest(rid)))
 
     @staticmethod
     def _check(msg: Any) -> Any:
@@ -440,13 +481,19 @@ class Engine:
                 self.abort(req.rid)
 
     def _control(self, action: str, timeout: float = 60.0) -> ControlReply:
+        """Ask every data-parallel rank's scheduler; one reply (ok if all are, data summed)."""
         req_id = f"ctl-{next(self._ids)}"
-        pending = self._submit(ControlRequest(req_id, action), req_id)
-        try:
-            item = pending.q.get(timeout=timeout)
-        except queue.Empty:
-            raise EngineDeadError(f"no answer to {action} within {timeout}s") from None
-        return self._check(item)
+        keys = [req_id] + [f"{req_id}/{r}" for r in range(1, len(self._sends))]
+        pendings = [self._submit(ControlRequest(key, action), key, rank=r) for r, key in enumerate(keys)]
+        replies = []
+        for pending in pendings:
+            try:
+                replies.append(self._check(pending.q.get(timeout=timeout)))
+            except queue.Empty:
+                raise EngineDeadError(f"no answer to {action} within {timeout}s") from None
+        if len(replies) == 1:
+            return replies[0]
+        return ControlReply(req_id, all(r.ok for r in replies), _sum_stats([r.data for r in replies]))
 
     def flush_cache(self) -> bool:
         """Drop the prefix cache; False while requests are in flight."""

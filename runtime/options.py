@@ -85,8 +85,8 @@ class EngineOptions(msgspec.Struct, kw_only=True):
 
     def _validate_parallel(self) -> None:
         self.parallel_config().check_layout()
-        if self.dp_size > 1:
-            raise ValueError("serving with data-parallel attention (dp_size > 1) is not implemented yet")
+        if self.dp_size > 1 and self.nnodes > 1:
+            raise ValueError("data-parallel attention runs on one node for now (nnodes must be 1)")
         if self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
             raise ValueError(f"node_rank must be in [0, nnodes={self.nnodes}), got {self.node_rank}")
         if self.world_size % self.nnodes:

@@ -1,4 +1,4 @@
-"""The ranks of a tensor/expert-parallel engine.
+"""The ranks of a tensor/expert-parallel engine, and the runner of a data-parallel attention rank.
 
 Every rank holds its shard of the model and a `ModelRunner` over identically shaped pools.
 Only rank 0 runs the scheduler: its `LeaderRunner` broadcasts each step's `RunRequest` list
@@ -127,3 +127,27 @@ def _stop(procs: list[mp.Process]) -> None:
         if p.is_alive():
             p.kill()
         p.join(timeout=5)
+
+
+class DataParallelRunner(ModelRunner):
+    """The runner of a data-parallel attention rank (its own scheduler, pools and batch; the
+    MoE spans every rank). Each loop iteration the ranks agree whether any of them has work
+    (`any_busy`: one all-reduce); if so all step, and a rank whose scheduler ran no forward
+    joins the step's MoE collectives with no tokens (`end_step`)."""
+
+    def __init__(self, model: DeepseekV4, shape: CacheShape, comm: Communicator, kv_cache_dtype: str = "auto"
+                 ) -> None:
+        super().__init__(model, shape, kv_cache_dtype=kv_cache_dtype)
+        self.comm, self._ran = comm, False
+
+    def run(self, requests: list[RunRequest]) -> list[RunOutput]:
+        self._ran = True
+        return super().run(requests)
+
+    def any_busy(self, busy: bool) -> bool:
+        return bool(self.comm.all_reduce(torch.tensor([int(busy)], device=self.model.device)).item())
+
+    def end_step(self) -> None:
+        if not self._ran:
+            self.model.idle_forward()
+        self._ran = False

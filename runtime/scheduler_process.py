@@ -18,7 +18,7 @@ from ..scheduler.pools import MemoryPools, sizes_from_budget
 from ..scheduler.request import FinishReason, Request
 from ..scheduler.scheduler import Scheduler, StepOutput
 from .options import EngineOptions
-from .rank_worker import LeaderRunner, join, load_shard, rank_device
+from .rank_worker import DataParallelRunner, LeaderRunner, join, load_shard, rank_device
 from .protocol import (AbortRequest, ControlReply, ControlRequest, ErrorOut, GenerateRequest, RequestMeta,
                        SpecCounts, TokenBatch, TokenOut, encode, scheduler_decoder)
 from .tokenizer import load_tokenizer
@@ -27,12 +27,13 @@ from .watchdog import Watchdog
 log = logging.getLogger("banyan.scheduler")
 
 
-def build_scheduler(opts: EngineOptions):
-    """The scheduler and the tokenizer it decodes stop strings with."""
+def build_scheduler(opts: EngineOptions, rank: int = 0):
+    """The scheduler and the tokenizer it decodes stop strings with; `rank`: this process's
+    rank (with data-parallel attention every rank runs its own scheduler)."""
     dtype = getattr(torch, opts.dtype)
     speculate = opts.speculative_algorithm is not None
-    parallel = join(opts, rank=0)
-    model = load_shard(opts, parallel, rank_device(opts, 0), mtp="yes" if speculate else "no")
+    parallel = join(opts, rank)
+    model = load_shard(opts, parallel, rank_device(opts, rank), mtp="yes" if speculate else "no")
     cfg = model.cfg
     page_size = opts.page_size or cfg.min_page_size
     budget = opts.kv_cache_bytes
@@ -45,7 +46,9 @@ def build_scheduler(opts: EngineOptions):
     pools = MemoryPools(sizes)
     tok = load_tokenizer(opts.model_path)
     shape = sizes.cache_shape(k)
-    if opts.world_size > 1:
+    if opts.dp_size > 1:
+        runner = DataParallelRunner(model, shape, parallel.world_comm, opts.kv_cache_dtype)
+    elif opts.world_size > 1:
         runner = LeaderRunner(model, shape, parallel.world_comm, opts.kv_cache_dtype)
     else:
         runner = ModelRunner(model, shape, drafter=MTPDrafter(model, shape) if speculate else None,
@@ -83,6 +86,7 @@ class SchedulerLoop:
         self.watchdog = Watchdog(watchdog_timeout, self._describe_running)
         # tests only: every model step first sleeps this long, to trip the watchdog
         self._test_step_delay = float(os.environ.get("BANYAN_TEST_STEP_DELAY_S", "0"))
+        self.lockstep = sched.runner if isinstance(sched.runner, DataParallelRunner) else None
 
     def _describe_running(self) -> str:
         return f"; running requests: {', '.join(r.rid for r in list(self.sched.running)[:16]) or 'none'}"
@@ -163,8 +167,9 @@ class SchedulerLoop:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.recv, zmq.POLLIN)
+        peers_busy = False
         while True:
-            if self.sched.has_work():
+            if self.sched.has_work() or peers_busy:
                 timeout = 0
             else:
                 timeout = self.COMPILE_POLL_MS if self._compiling else self.IDLE_POLL_MS
@@ -173,11 +178,24 @@ class SchedulerLoop:
                 timeout = 0
             if self._compiling:
                 self._admit_compiled()
-            if self.sched.has_work():
+            if self.lockstep is not None:
+                peers_busy = self._lockstep_step()
+            elif self.sched.has_work():
                 self._step()
 
+    def _lockstep_step(self) -> bool:
+        """Data-parallel attention: every rank steps when any has work, a rank whose scheduler
+        runs no forward joining the MoE collectives with no tokens; whether any had work."""
+        busy = self.sched.has_work()
+        if not self.lockstep.any_busy(busy):
+            return False
+        if busy:
+            self._step()
+        self.lockstep.end_step()
+        return True
 
-def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, ready) -> None:
+
+def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, ready, rank: int = 0) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ctx = zmq.Context()
     recv = ctx.socket(zmq.PULL)
@@ -185,7 +203,7 @@ def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, read
     send = ctx.socket(zmq.PUSH)
     send.connect(out_addr)
     try:
-        sched, tok = build_scheduler(opts)
+        sched, tok = build_scheduler(opts, rank)
     except Exception as exc:  # report start-up failures to the parent instead of hanging it
         ready.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return

@@ -34,7 +34,8 @@ def test_parallel_flags_and_their_checks():
                        ({"tp_size": 3, "nnodes": 2, "dist_init_addr": "h:1"}, "do not spread evenly"),
                        ({"tp_size": 2, "dist_init_addr": "nohost"}, "HOST:PORT"),
                        ({"tp_size": 4, "ep_size": 2}, "ep must be 1 or the world size 4"),
-                       ({"dp_size": 2, "ep_size": 2}, "data-parallel attention .* not implemented"),
+                       ({"dp_size": 2, "ep_size": 2, "nnodes": 2, "dist_init_addr": "h:1"}, "one node"),
+                       ({"dp_size": 2, "tp_size": 2, "ep_size": 4}, "tensor parallelism inside a group"),
                        ({"tp_size": 2, "speculative_algorithm": "mtp"}, "speculative decoding is not supported")]:
         with pytest.raises(ValueError, match=match):
             EngineOptions(**bad).validate()
@@ -91,6 +92,35 @@ def test_tp2_serves_the_tp1_text_and_a_dead_rank_ends_it(tiny_official, tmp_path
         tp2.stop()
     assert tp2.proc.returncode == 1
     assert f"engine process banyan-rank-1 (pid {rank1}) exited with code -9" in tp2.log()
+
+
+def test_dp2_ep2_serves_the_tp1_text_with_a_cache_per_rank(tiny_official, tmp_path):
+    """Data-parallel attention over two ranks (EP2 MoE): each rank's scheduler serves the
+    requests routed to it by their first page, the answers equal `--tp 1`'s, repeats hit the
+    prefix caches with the same text, and a flush leaves every rank's pools whole."""
+    long_prompts = [f"{i} " + "the cat sat on the mat " * 60 for i in range(4)]  # > one 128-token page each
+    single, dp2 = _start_both(tiny_official, tmp_path, "--dp", "2", "--ep", "2")
+    try:
+        clients = [openai.OpenAI(base_url=s.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+                   for s in (single, dp2)]
+
+        def texts(client) -> list[str]:
+            out = client.completions.create(model="banyan-tiny", prompt=long_prompts, max_tokens=8, temperature=0)
+            return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+
+        first = texts(clients[1])
+        assert first == texts(clients[0]) and texts(clients[1]) == first
+        with dp2.http() as http:
+            info = http.get("/server_info").json()
+            assert info["dp_size"] == 2 and "banyan-scheduler-1" in info["processes"]
+            assert info["internal_states"][0]["cache_hit_tokens"] > 0
+            assert http.post("/flush_cache").status_code == 200
+            stats = http.get("/server_info").json()["internal_states"][0]
+        assert stats["pages_free"] == stats["pages_total"] and stats["swa_pages_free"] == stats["swa_pages_total"]
+        assert stats["slots_free"] == stats["slots_total"]
+    finally:
+        single.stop()
+        dp2.stop()
 
 
 @pytest.mark.slow
