@@ -140,7 +140,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="expert-parallel ranks (1 or the world size): routed experts partitioned, all-to-all "
                         "dispatch")
     p.add_argument("--dp-size", "--dp", "--data-parallel-size", dest="dp_size", type=int, default=1,
-                   help="data-parallel attention ranks (not implemented yet: must be 1)")
+                   help="data-parallel attention ranks (with --ep N, tp 1, one node): a scheduler, pools and "
+                        "prefix cache per rank, MoE over all ranks")
     p.add_argument("--nnodes", type=int, default=1, help="nodes the ranks spread over")
     p.add_argument("--node-rank", type=int, default=0,
                    help="this node's index; nodes other than 0 run their ranks headless (no HTTP server)")
