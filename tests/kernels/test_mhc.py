@@ -1,6 +1,6 @@
 import torch
 
-from banyan.kernels.mhc import hc_post, hc_pre
+from banyan.kernels.mhc import TOKENS_LAST_MIN, hc_post, hc_pre, sinkhorn
 
 
 def test_sinkhorn_comb_is_doubly_stochastic_and_mixing_is_exact():
@@ -49,3 +49,14 @@ def test_hc_pre_equals_the_spec_formula_to_fp32_rounding():
         for a, b in zip(ours, spec):
             tol = 1e-5 if a.dtype == torch.float32 else 1e-2
             assert torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+def test_sinkhorn_layouts_agree_to_the_bit():
+    """From TOKENS_LAST_MIN tokens Sinkhorn runs on a tokens-last copy; it must give exactly what
+    the small-batch form gives the same matrices a few at a time (chunk-size invariance)."""
+    gen = torch.Generator().manual_seed(2)
+    t = 3 * TOKENS_LAST_MIN + 5
+    comb = torch.softmax(torch.randn(t, 4, 4, generator=gen) * 3, dim=-1) + 1e-6  # sharp rows
+    whole = sinkhorn(comb.clone(), 1e-6, 20)
+    pieces = torch.cat([sinkhorn(part.clone(), 1e-6, 20) for part in comb.split(TOKENS_LAST_MIN - 1)])
+    assert torch.equal(whole, pieces)
