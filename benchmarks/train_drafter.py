@@ -17,12 +17,12 @@ case); the loss on held-out prompts' continuations says how little carries over.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..kernels import mhc
 from ..model.config import ModelConfig
 from ..model.generate import greedy_generate
 from ..model.kv_cache import CacheShape, LayerCache, V4KVCache
@@ -59,6 +59,16 @@ def _shape(cfg: ModelConfig, length: int) -> CacheShape:
     return CacheShape(cfg.min_page_size, pages, pages, 1)
 
 
+def _drop_kernel_caches() -> None:
+    """Empty the kernels' cached constant tensors: ones made under inference mode (every
+    forward of the serving path) cannot take part in autograd."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("banyan.kernels"):
+            for obj in list(vars(module).values()):
+                if callable(getattr(obj, "cache_clear", None)):
+                    obj.cache_clear()
+
+
 def mtp_loss(student: DeepseekV4, seq: list[int], start: int, streams: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the MTP layer's first-draft prediction (token `p + 2` from streams at
     `p` and token `p + 1`) over the continuation positions of `seq` (from `start`)."""
@@ -83,7 +93,7 @@ def train(out: str | Path, prompts: list[list[int]], held_out: list[list[int]], 
     data = continuations(target, prompts, new_tokens)
     unseen = continuations(target, held_out, new_tokens)
     streams = [target_streams(target, seq) for seq, _ in data + unseen]
-    mhc._constants.cache_clear()  # its constants were made under inference mode; autograd refuses them
+    _drop_kernel_caches()
     student = tiny_target(cfg, state)
     for p in student.parameters():
         p.requires_grad_(False)
