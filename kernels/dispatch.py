@@ -157,7 +157,10 @@ def _setting() -> str:
 
 def _impl(op: str, fn: str, device: torch.device) -> Callable[..., Any]:
     """The function behind one dispatch call: a cache hit keyed by the setting and the device."""
-    return _resolve(op, fn, _setting(), device)
+    if _ENV_KEY is None:
+        return _resolve(op, fn, _setting(), device)
+    raw = _ENV_STORE.get(_ENV_KEY)  # `_setting`, inline: this runs ~100 times per decode step
+    return _resolve(op, fn, "auto" if raw is None else os.environ.decodevalue(raw), device)
 
 
 def linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
@@ -185,7 +188,7 @@ def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_sca
           tid2eid: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gate logits `[T, E]` fp32 -> (ids `[T, k]`, weights `[T, k]` fp32): sqrt-softplus scores,
-    top-k of scores + `bias` (or `tid2eid[input_ids]` on hash layers, `tid2eid [V, k]`), weights
+    top-k of scores + `bias` fp32 (or `tid2eid[input_ids]` on hash layers, `tid2eid [V, k]` int64), weights
     summing to `route_scale`. ids are int64 from torch, int32 from Triton; their order within
     a row is unspecified (`fused_moe` takes either)."""
     return _impl("router", "route", logits.device)(logits, bias, top_k, route_scale, tid2eid, input_ids)

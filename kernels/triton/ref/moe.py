@@ -41,12 +41,13 @@ def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_sca
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """sqrt-softplus scores of `logits [T, E]`; experts by biased top-k, or `tid2eid[input_ids]`
     on hash layers; weights = the chosen scores normalised to `route_scale`.
-    Returns (ids `[T, k]` int64, in no particular order; weights `[T, k]` fp32)."""
-    scores = torch.sqrt(F.softplus(logits.float()))
+    `logits`, `bias` fp32, `tid2eid [V, k]` int64. Returns (ids `[T, k]` int64, in no particular
+    order; weights `[T, k]` fp32)."""
+    scores = torch.sqrt(F.softplus(logits))  # logits and bias are fp32: no casts (each one an op per layer)
     if tid2eid is not None:
-        ids = tid2eid[input_ids].long()
+        ids = tid2eid[input_ids]
     else:
-        ids = torch.topk(scores + bias.float(), top_k, dim=-1, sorted=False).indices
+        ids = torch.topk(scores + bias, top_k, dim=-1, sorted=False).indices
     weights = scores.gather(1, ids)
     return ids, weights / (weights.sum(dim=-1, keepdim=True) + 1e-20) * route_scale
 
@@ -56,7 +57,8 @@ def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: Qua
     """`sum_k weights[t, k] * W2_e(swiglu(W1_e x, W3_e x))`, e = ids[t, k], without a host sync.
 
     x `[T, D]`, ids/weights `[T, k]`, w1/w3 `[E, I, D]`, w2 `[E, D, I]`; fp32 combine, x's dtype out."""
-    ids = ids.long()
+    if ids.dtype != torch.long:  # Triton's router gives int32
+        ids = ids.long()
     if not w1.fmt == w3.fmt == w2.fmt == "dense":
         return _stored(x, ids, weights, w1, w3, w2, limit)
     experts = w1.shape[0]
