@@ -11,6 +11,7 @@ from banyan.model.config import ModelConfig
 from banyan.model.generate import SimpleSession
 from banyan.model.kv_cache import CacheShape, V4KVCache
 from banyan.model.runner import ModelRunner
+from banyan.runtime.options import EngineOptions
 from banyan.scheduler.pools import MemoryPools, PoolSizes
 from banyan.scheduler.scheduler import Scheduler
 from banyan.tests.conftest import random_prompt
@@ -38,6 +39,8 @@ def test_fp8_pools_hold_the_official_layouts():
     assert csa.compressor.ring.dtype == torch.float32  # rings and snapshots stay exact
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         V4KVCache(cfg, CacheShape(128, 1, 1, 1), device="meta", kv_cache_dtype="fp8")
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of auto, bfloat16, fp8_e4m3"):
+        EngineOptions(kv_cache_dtype="fp8").validate()
 
 
 def test_fp8_kv_run_equals_float_pools_with_the_same_qdq(tiny_model):
@@ -87,3 +90,23 @@ def test_flash_pool_bytes_per_cached_token(kv_cache_dtype, limit):
     per_token = allocated / (pages * 128)
     assert per_token <= limit
     assert per_token == pytest.approx(cache.bytes_per_page() / 128)  # what pool sizing counts
+
+
+def test_engine_serves_with_fp8_kv_and_reports_its_bytes(tiny_official, tiny_model):
+    """`kv_cache_dtype` reaches the scheduler process: the engine's greedy tokens are an FP8-cache
+    session's, and the start-up footprint counts the FP8 pools."""
+    from banyan.benchmarks.kv_agreement import greedy
+    from banyan.runtime.engine import Engine
+
+    ids = random_prompt(150, seed=12)
+    eng = Engine(tiny_official, max_running_requests=2, kv_cache_bytes=24 << 20, kv_cache_dtype="fp8_e4m3")
+    try:
+        out = eng.generate(input_ids=ids, sampling_params={"max_new_tokens": 8, "temperature": 0})
+        facts = eng.info["footprint"]
+    finally:
+        eng.shutdown()
+    assert out["output_ids"] == greedy(tiny_model, ids, 8, "fp8_e4m3")
+    expected = V4KVCache(tiny_model.cfg, CacheShape(P, 1, 1, 1), device="meta", kv_cache_dtype="fp8_e4m3")
+    assert facts["kv_cache_dtype"] == "fp8_e4m3"
+    assert facts["compressed_per_token"] == expected.bytes_per_page() / P
+    assert facts["swa_per_token"] == expected.bytes_per_swa_page() / P
