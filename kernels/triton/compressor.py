@@ -12,14 +12,14 @@ import torch
 
 from ._compat import check_device, pow2, rope_arg, rotate_tail, triton, tl
 from .kv_write import pool_args, write_row
-from ..kv_formats import KVPool
+from ..kv_formats import Pool
 
 
 @triton.jit
 def _compress_kernel(kv_ptr, score_ptr, w_ptr, rope_ptr, slots_ptr, pool_ptr, pool16_ptr, S, D, eps,
                      stride_ke, stride_ks, stride_se, stride_ss, stride_rt, stride_row, page_rows, page_bytes,
                      ROPE_PAIRS: tl.constexpr, FP8: tl.constexpr, QDQ: tl.constexpr, NOPE: tl.constexpr,
-                     DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr,
+                     DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr, KEYS: tl.constexpr,
                      BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     e = tl.program_id(0)
     slot = tl.load(slots_ptr + e)
@@ -49,12 +49,13 @@ def _compress_kernel(kv_ptr, score_ptr, w_ptr, rope_ptr, slots_ptr, pool_ptr, po
     x = (x * tl.load(w_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32))[None, :]  # [1, BD]
     row = rotate_tail(tl.where(d_mask[None, :], x, 0.0), rope_ptr + e * stride_rt, D, ROPE_PAIRS)
     write_row(row, slot, pool_ptr, pool16_ptr, D, stride_row, page_rows, page_bytes, FP8, QDQ, NOPE, DATA_BYTES,
-              SCALE_BYTES)
+              SCALE_BYTES, KEYS)
 
 
 def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Tensor,
-                   pool: KVPool, slots: torch.Tensor, qdq: bool = False) -> None:
-    """`kv, score [E, S, d]` (any strides), `rope [E, rd/2]`, `slots [E]`; see `ref.attention.compress_close`."""
+                   pool: Pool, slots: torch.Tensor, qdq: bool = False) -> None:
+    """`kv, score [E, S, d]` (any strides), `rope [E, rd/2]`, `slots [E]`, a KV pool or FP8 indexer keys;
+    see `ref.attention.compress_close`."""
     e, s, d = kv.shape
     if score.shape != kv.shape:
         raise ValueError(f"score {tuple(score.shape)} and kv {tuple(kv.shape)} differ")

@@ -50,7 +50,7 @@ def _norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, H, D, eps, stride_xt, str
 def _kv_insert_kernel(kv_ptr, w_ptr, rope_ptr, slots_ptr, pool_ptr, pool16_ptr, D, eps, stride_kt, stride_rt,
                       stride_row, page_rows, page_bytes, ROPE_PAIRS: tl.constexpr, FP8: tl.constexpr,
                       QDQ: tl.constexpr, NOPE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr,
-                      BLOCK_D: tl.constexpr):
+                      KEYS: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0)
     slot = tl.load(slots_ptr + t)
     if slot < 0:
@@ -60,7 +60,7 @@ def _kv_insert_kernel(kv_ptr, w_ptr, rope_ptr, slots_ptr, pool_ptr, pool16_ptr, 
     row = _norm_rope(x, w_ptr, rope_ptr, t, offs_d, D, eps, stride_rt, True, ROPE_PAIRS,
                      kv_ptr.dtype.element_ty)  # [1, BD]
     write_row(row, slot, pool_ptr, pool16_ptr, D, stride_row, page_rows, page_bytes, FP8, QDQ, NOPE, DATA_BYTES,
-              SCALE_BYTES)
+              SCALE_BYTES, KEYS)
 
 
 def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: torch.Tensor | None) -> torch.Tensor:
