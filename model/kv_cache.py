@@ -104,7 +104,6 @@ class CompressorStore:
         self.ratio = ratio
         self.dim = dim
         self.overlap = overlap
-        self.keys = keys
         width = 2 * dim if overlap else dim
         self.window = 2 * ratio if overlap else ratio  # rows pooled into one entry
         self.ring_size = shape.ring_rows(self.window)
