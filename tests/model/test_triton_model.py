@@ -63,3 +63,21 @@ def test_triton_kernels_reproduce_the_torch_path(checkpoint, weight_format, monk
     assert len(set(want_tokens)) > 4  # a sequence that moves, not one repeated token
     err = (got - want).abs().max().item()
     assert err <= LOGIT_TOL * want.abs().max().item(), f"max logit error {err:.2e}"
+
+
+def test_bf16_prefill_on_triton_kernels(checkpoint, monkeypatch):
+    """bf16 activations (the GPU's dtype) through every kernel, one prefill: the Triton logits
+    are as close to the fp32 torch logits as the bf16 torch path's are (the paths round at
+    different points, so neither is the reference for the other)."""
+    prompt = torch.randint(3, _config().vocab_size, (PROMPT,), generator=torch.Generator().manual_seed(1)).tolist()
+    logits = {}
+    for dtype, backend in ((torch.float32, "torch"), (torch.bfloat16, "torch"), (torch.bfloat16, "triton")):
+        model = load_model(checkpoint, dtype=dtype, progress=False, weight_format="native")
+        monkeypatch.setenv("BANYAN_KERNELS", backend)
+        with torch.no_grad():
+            out = SimpleSession(model, max_tokens=PROMPT, max_requests=1).extend({0: prompt})[0]
+        logits[dtype, backend] = out.float()
+    exact = logits[torch.float32, "torch"]
+    torch_err = (logits[torch.bfloat16, "torch"] - exact).abs().max().item()
+    triton_err = (logits[torch.bfloat16, "triton"] - exact).abs().max().item()
+    assert 0 < triton_err <= 2 * torch_err  # measured: 0.034 and 0.033 at logits up to 4.1
