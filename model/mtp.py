@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.mhc import hc_head
+from ..kernels.dispatch import hc_head
 from .batch import BatchPlan
 from .block import Block
 from .config import ModelConfig
