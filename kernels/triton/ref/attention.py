@@ -71,7 +71,7 @@ def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Te
               slots: torch.Tensor, qdq: bool = False) -> None:
     """`kv [T, D]` -> kv_norm -> RoPE -> (official FP8 QDQ of the no-RoPE dims) -> `pool[slots]`
     (slot -1: padding, not written). An FP8 pool always quantises."""
-    _write_entries(norm_rope(kv.unsqueeze(1), weight, eps, rope)[:, 0], 2 * rope.shape[-1], pool, slots, qdq)
+    _write_entries(apply_rope_(rms_norm(kv, weight, eps), rope), 2 * rope.shape[-1], pool, slots, qdq)
 
 
 def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Tensor,
