@@ -30,18 +30,19 @@ class DeepseekV4(nn.Module):
         self.parallel = parallel
         if parallel.config.world_size > 1:
             parallel.config.check_model(cfg)
-        if parallel.tp > 1:
-            self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype, parallel)
-            self.head = ParallelHead(cfg.hidden_size, cfg.vocab_size, dtype, parallel)
-        else:
-            self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
-            self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
+        tp = parallel.tp > 1
+        self.embed = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype, parallel) if tp
+                      else nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype))
         self.layers = nn.ModuleList(Block(cfg, i, dtype, parallel) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         n = cfg.hc_mult
         self.hc_head_fn = nn.Parameter(torch.zeros(n, n * cfg.hidden_size, dtype=torch.float32))
         self.hc_head_base = nn.Parameter(torch.zeros(n, dtype=torch.float32))
         self.hc_head_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
+        # registered after the hc head: make_tiny draws tensors in state_dict order, so this order
+        # keeps the embedded default model (and every seeded test checkpoint) what it was
+        self.head = (ParallelHead(cfg.hidden_size, cfg.vocab_size, dtype, parallel) if tp
+                     else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype))
         self.mtp = nn.ModuleList([MTPBlock(cfg, dtype, parallel)]) if mtp else None
         self._rope = RopeFrequencies(cfg)
 
