@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..model.hub import ModelNotFoundError
@@ -195,6 +196,9 @@ def _run(command, arg) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # before torch loads (nothing above imports it): spin-waiting OpenMP threads stall whenever
+    # another process wakes on their cores, e.g. the in-process HF baseline of `bench offline`
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if argv[:1] == ["bench"]:  # its own parser takes everything after it, `-h` included
         return _run(cmd_bench, argv[1:])
     args = build_parser().parse_args(argv)
