@@ -38,7 +38,7 @@ class CacheManager:
     def max_reuse_pages(self, req: Request) -> int:
         """Pages of a cached prefix `req` may reuse: at least one token must be computed, and
         prompt positions whose logprobs were asked for (and not yet produced) must be too."""
-        last = len(req.seq) - 1
+        last = req.num_tokens - 1
         if req.wants_input_logprobs and not req.output_ids:
             last = min(last, max(req.logprob_start_len - 1, 0))
         return last // self.page_size
@@ -86,11 +86,11 @@ class CacheManager:
 
     def insert_full_pages(self, req: Request) -> None:
         """Hand every newly completed page of `req` to the prefix cache."""
-        p, seq = self.page_size, req.seq
+        p = self.page_size
         parent = req.last_node or self.cache.root
         while (req.inserted_pages + 1) * p <= req.computed:
             k = req.inserted_pages
-            node, took_page, took_swa = self.cache.insert_page(parent, tuple(seq[k * p:(k + 1) * p]),
+            node, took_page, took_swa = self.cache.insert_page(parent, tuple(req.tokens(k * p, (k + 1) * p)),
                                                                req.pages[k], req.swa_pages[k])
             if took_page:
                 req.owned_pages.discard(req.pages[k])

@@ -72,7 +72,21 @@ class Request:
 
     @property
     def seq(self) -> list[int]:
+        """Every token so far (a copy: O(length); per-step code uses `tokens` and `num_tokens`)."""
         return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def tokens(self, start: int, stop: int) -> list[int]:
+        """`seq[start:stop]` (0 <= start <= stop) without building `seq`: O(stop - start)."""
+        p = len(self.prompt_ids)
+        if stop <= p:
+            return self.prompt_ids[start:stop]
+        if start >= p:
+            return self.output_ids[start - p:stop - p]
+        return self.prompt_ids[start:] + self.output_ids[:stop - p]
 
     @property
     def pending(self) -> int:

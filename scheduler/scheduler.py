@@ -171,7 +171,7 @@ class Scheduler:
     def _item(self, req: Request, n: int) -> ScheduledItem:
         scores = self._needs_input_logprobs(req)
         samples = req.pending <= n and req.params.max_new_tokens > 0
-        tokens = req.seq[req.computed:req.computed + n]
+        tokens = req.tokens(req.computed, req.computed + n)
         drafts = req.drafts[:n - len(tokens)]
         run = RunRequest(slot=req.slot, prefix_len=req.computed, tokens=tokens + drafts, pages=req.pages,
                          swa_pages=req.swa_pages, restore_page=req.restore_page,
@@ -209,7 +209,7 @@ class Scheduler:
                 self._record_speculation(req, item.run.speculation, res)
             if res.tokens:
                 outputs += self._append_tokens(req, res)
-                req.computed = len(req.seq) - 1  # the last committed token and every kept draft
+                req.computed = req.num_tokens - 1  # the last committed token and every kept draft
             else:
                 req.computed += n
             req.restore_page = None
@@ -296,8 +296,8 @@ class Scheduler:
         if first >= reusable:
             return False
         end = (first + 1) * p
-        page = req.seq[end - p:end]
-        return any(other.computed < end <= len(other.prompt_ids) and other.seq[end - p:end] == page
+        page = req.tokens(end - p, end)
+        return any(other.computed < end <= len(other.prompt_ids) and other.tokens(end - p, end) == page
                    for other in self.running)
 
     def _make_room(self, pages: int, protect: list[Request]) -> bool:
@@ -307,7 +307,7 @@ class Scheduler:
             victims = [r for r in self.running if r not in protect]
             if not victims:
                 return False
-            self._retract(max(victims, key=lambda r: (r.pending, len(r.seq))))
+            self._retract(max(victims, key=lambda r: (r.pending, r.num_tokens)))
         return True
 
     def _retract(self, req: Request) -> None:
@@ -335,7 +335,7 @@ class Scheduler:
         """Positions past this step a drafter may write provisional state at (MTP's chain)."""
         if not self._speculates(req):
             return 0
-        return max(0, min(self.num_draft_tokens, self.pools.sizes.max_tokens - len(req.seq) - self.num_draft_tokens))
+        return max(0, min(self.num_draft_tokens, self.pools.sizes.max_tokens - req.num_tokens - self.num_draft_tokens))
 
     def _usable_drafts(self, req: Request) -> list[int]:
         """The drafts `req` verifies this step: none past its token limit."""
