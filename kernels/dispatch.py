@@ -157,10 +157,7 @@ def _setting() -> str:
 
 def _impl(op: str, fn: str, device: torch.device) -> Callable[..., Any]:
     """The function behind one dispatch call: a cache hit keyed by the setting and the device."""
-    if _ENV_KEY is None:
-        return _resolve(op, fn, _setting(), device)
-    raw = _ENV_STORE.get(_ENV_KEY)  # `_setting`, inline: this runs ~100 times per decode step
-    return _resolve(op, fn, "auto" if raw is None else os.environ.decodevalue(raw), device)
+    return _resolve(op, fn, _setting(), device)
 
 
 def linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: bool = False) -> torch.Tensor:
