@@ -10,11 +10,13 @@ so each step keeps the oracle's arithmetic in as few ops as that allows. A Sinkh
 half-step is `x / (sum + eps)`: at a few tokens, one batched matmul against a ones vector
 (sum plus eps) and one division over `[T, n, n]`; from `TOKENS_LAST_MIN` tokens on, the
 same sums over a tokens-last `[n, n, T]` copy, where every reduction runs over an outer
-dim on T-wide vectors (10x faster at 1K tokens). Both add the n terms in order and then
-eps, so they agree to the bit. (Not taken: normalising in the log domain with one
+dim on T-wide vectors (10x faster at 1K tokens). For n <= 4 (V4's hc_mult) both add the n
+terms in order and then eps, so they agree to the bit. (Not taken: normalising in the log domain with one
 `log_softmax` per half-step, half the ops, drops the eps, and that 1e-6 change in `comb`
 flips a near-tie of the indexer's top-k in the token-by-token parity test; `torch.compile`
-of the loop, 12-98 s to compile per process on 2 cores and no faster at one token.)
+of the loop, 12-98 s to compile per process on 2 cores and no faster at one token.) On CPU
+the whole loop is one call of a C helper (`kernels.native`) with the same arithmetic, bit for
+bit; the torch loops remain for other devices and where no C compiler is found.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
+from . import native
 
 
 @lru_cache(maxsize=None)
@@ -50,7 +54,9 @@ def _sum_vectors(n: int, eps: float, device: torch.device) -> tuple[torch.Tensor
 
 def sinkhorn(comb: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
     """`iters` normalisations of positive `[T, n, n]` matrices, each `x / (sum + eps)`: one of
-    the columns, then (rows, columns) pairs. Overwrites `comb` at small T."""
+    the columns, then (rows, columns) pairs. Overwrites `comb` on CPU and at small T."""
+    if native.sinkhorn_(comb, eps, iters):
+        return comb
     t, n, _ = comb.shape
     if t >= TOKENS_LAST_MIN:
         x = comb.permute(1, 2, 0).contiguous()  # [n (rows i), n (columns j), T]
