@@ -26,7 +26,7 @@ import torch
 from .batch import ForwardBatch
 from .kv_cache import CacheShape, V4KVCache
 from .network import DeepseekV4
-from .sampling import SamplingRow, sample, target_distribution
+from .sampling import SamplingRow, first_argmax, sample, target_distribution
 from .speculative import Verdict, verify_greedy, verify_rejection
 
 __all__ = ["Drafter", "ModelRunner", "PromptScoring", "RunOutput", "RunRequest", "SamplingRow", "Speculation",
@@ -219,7 +219,7 @@ def _verify(rows: torch.Tensor, sampling: SamplingRow, spec: Speculation) -> Ver
     """Keep the drafts the target agrees with; `rows` `[1 + K, V]` are the target's logits at
     the last committed token and at each draft."""
     if sampling.greedy:
-        return verify_greedy(rows.max(dim=-1).indices.tolist(), spec.drafts)
+        return verify_greedy(first_argmax(rows).tolist(), spec.drafts)
     target = torch.stack([target_distribution(row, sampling) for row in rows])  # [1 + K, V]
     return verify_rejection(target, spec.drafts, spec.draft_probs, sampling.generator)
 

@@ -43,6 +43,24 @@ class SampleResult:
     top_logprobs: list[list[tuple[int, float]]]
 
 
+ARGMAX_BLOCK = 128  # vocabulary entries per block of `first_argmax`
+
+
+def first_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """`logits [B, V]` -> `[B]` int64: the index of each row's first maximum (NaN counts as the
+    maximum), exactly what `logits.max(-1).indices` gives, 3-4x faster on CPU: `max` with
+    indices runs a scalar loop over V4's 129K-entry rows, `amax` a vectorised one. The row's
+    maximum is found per block of `ARGMAX_BLOCK` entries; the first block holding it holds the
+    first occurrence, and only that block is searched with indices."""
+    b, v = logits.shape
+    if v % ARGMAX_BLOCK or not logits.is_contiguous():
+        return logits.max(dim=-1).indices
+    blocks = logits.view(b, v // ARGMAX_BLOCK, ARGMAX_BLOCK)  # [B, V / W, W]
+    block = blocks.amax(dim=-1).max(dim=-1).indices  # [B] the first block holding the maximum
+    within = blocks[torch.arange(b, device=logits.device), block].max(dim=-1).indices  # [B]
+    return block * ARGMAX_BLOCK + within
+
+
 def _needs_adjustment(row: SamplingRow) -> bool:
     return bool(row.logit_bias or row.presence_penalty or row.frequency_penalty or row.repetition_penalty != 1.0
                 or row.allowed is not None or row.banned)
@@ -68,20 +86,45 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
     return logits
 
 
-def target_distribution(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
-    """The distribution a non-greedy row draws from: temperature, top-k, top-p, min-p over `[V]`."""
+NUCLEUS_CANDIDATES = 1024  # top-p first looks for its nucleus among the 1,024 likeliest tokens
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-p over `probs [C]`: (kept probabilities, zero where dropped, in descending order;
+    their indices). A token is kept while the mass before it is under `top_p`. Sorting V4's
+    129K-token vocabulary costs ~10 ms on a CPU; a nucleus almost always lies inside the
+    `NUCLEUS_CANDIDATES` likeliest tokens (their mass reaches `top_p`), and then the top-k of
+    those gives the same nucleus as the full sort. Only a flatter distribution sorts."""
+    n = min(NUCLEUS_CANDIDATES, probs.numel())
+    vals, order = torch.topk(probs, n)  # [n], descending
+    cum = torch.cumsum(vals, 0)
+    if n < probs.numel() and float(cum[-1]) < top_p:
+        vals, order = torch.sort(probs, descending=True)
+        cum = torch.cumsum(vals, 0)
+    return vals.masked_fill((cum - vals) >= top_p, 0.0), order
+
+
+def _candidates(logits: torch.Tensor, row: SamplingRow) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a non-greedy row draws from: temperature, then top-k, top-p and min-p over `[V]`.
+    Returns (probabilities, their token ids), or (probabilities over all `V`, None) when
+    neither top-k nor top-p narrowed the candidates."""
     logits = logits / row.temperature
-    if row.top_k > 0 and row.top_k < logits.numel():
-        kth = torch.topk(logits, row.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    ids = None
+    if 0 < row.top_k < logits.numel():
+        logits, ids = torch.topk(logits, row.top_k)  # [k] the k likeliest tokens
     probs = torch.softmax(logits, dim=-1)
     if row.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        drop = (torch.cumsum(sorted_probs, 0) - sorted_probs) >= row.top_p
-        probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+        probs, order = _nucleus(probs, row.top_p)
+        ids = order if ids is None else ids[order]
     if row.min_p > 0:
         probs = probs.masked_fill(probs < row.min_p * probs.max(), 0.0)
-    return probs
+    return probs, ids
+
+
+def target_distribution(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    """The distribution a non-greedy row draws from, over the whole vocabulary `[V]`."""
+    probs, ids = _candidates(logits, row)
+    return probs if ids is None else torch.zeros_like(logits).scatter_(0, ids, probs)
 
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
@@ -94,11 +137,12 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
         logits = logits.clone()
         for i in adjusted:
             _apply_penalties(logits[i], rows[i])
-    tokens = logits.max(dim=-1).indices  # the first maximum, as argmax; ~3x faster than argmax on CPU
+    tokens = first_argmax(logits)
     for i, row in enumerate(rows):
         if not row.greedy:
-            probs = target_distribution(logits[i], row)
-            tokens[i] = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
+            probs, ids = _candidates(logits[i], row)  # a draw over the candidates, not all of V
+            pick = torch.multinomial(probs.cpu(), 1, generator=row.generator)
+            tokens[i] = int(pick if ids is None else ids[pick.to(ids.device)])
     token_list = tokens.tolist()
     logprobs: list[float | None] = [None] * len(rows)
     tops: list[list[tuple[int, float]]] = [[] for _ in rows]
