@@ -102,11 +102,11 @@ class _TokenClock:
 
 def measure_hf(hf_path: str, length: int, args: argparse.Namespace) -> dict:
     import torch
-    from transformers import DeepseekV4ForCausalLM
 
     from ..runtime.tokenizer import SPECIAL_IDS
+    from .hf_baseline import load_hf_model
 
-    model = DeepseekV4ForCausalLM.from_pretrained(hf_path, dtype=getattr(torch, DTYPES[args.dtype])).eval()
+    model = load_hf_model(hf_path, hf_path, dtype=getattr(torch, DTYPES[args.dtype]))  # already in its layout
 
     def generate(ids: list[int], new: int, clock: _TokenClock | None = None) -> None:
         with torch.inference_mode():

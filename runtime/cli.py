@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = EngineOptions(
         model_path=resolve_model_path(args.model_path), dtype=DTYPES[args.dtype], device=args.device,
+        cpu_threads=args.cpu_threads,
         weight_format=args.weight_format, kv_cache_dtype=args.kv_cache_dtype,
         page_size=args.page_size, chunked_prefill_size=args.chunked_prefill_size,
         schedule_policy=args.schedule_policy, max_running_requests=args.max_running_requests,
@@ -114,6 +115,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gb", type=float, default=0.25, help="KV pool budget on CPU, GiB")
     p.add_argument("--mem-fraction", type=float, default=0.85, help="fraction of free GPU memory for the KV pools")
     p.add_argument("--disable-radix-cache", action="store_true", help="turn the prefix cache off")
+    p.add_argument("--cpu-threads", type=int, default=0,
+                   help="intra-op threads of the model process on CPU (default 0: one for models with a hidden "
+                        "size under 1024, whose ops are too small to split, else one per core)")
     p.add_argument("--kv-cache-dtype", choices=["auto", "bfloat16", "fp8_e4m3"], default="auto",
                    help="KV pool storage: auto (the model dtype), bfloat16, or fp8_e4m3 (448 e4m3 dims with a "
                         "power-of-two scale per 64 + 64 bf16 RoPE dims, 584 B per entry; FP8 indexer keys)")

@@ -21,6 +21,7 @@ class EngineOptions(msgspec.Struct, kw_only=True):
     weight_format: str = "auto"  # auto | native | dequant; auto: native on CUDA, dequant on CPU (README)
     kv_cache_dtype: str = "auto"  # auto (the model dtype) | bfloat16 | fp8_e4m3 (official FP8 KV layout)
     device: str = "cpu"
+    cpu_threads: int = 0  # intra-op threads of each model process on CPU; 0: auto (model.threads)
     page_size: int | None = None  # default: the smallest multiple of every compression ratio
     chunked_prefill_size: int = 512
     schedule_policy: str = "fcfs"  # fcfs | lpm
@@ -58,6 +59,8 @@ class EngineOptions(msgspec.Struct, kw_only=True):
                              f"got {self.kv_cache_dtype!r}")
         if self.schedule_policy not in ("fcfs", "lpm"):
             raise ValueError(f"schedule_policy must be fcfs or lpm, got {self.schedule_policy!r}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0 (0: auto), got {self.cpu_threads}")
         if self.chunked_prefill_size < 1 or self.max_running_requests < 1:
             raise ValueError("chunked_prefill_size and max_running_requests must be >= 1")
         if self.speculative_algorithm not in (None, "mtp", "nextn", "eagle"):

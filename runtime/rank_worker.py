@@ -27,6 +27,7 @@ from ..model.loader import load_model
 from ..model.network import DeepseekV4
 from ..model.parallel import SINGLE, Communicator, Parallel, init_parallel
 from ..model.runner import ModelRunner, RunOutput, RunRequest
+from ..model.threads import cpu_threads
 from .options import EngineOptions
 
 log = logging.getLogger("banyan.rank")
@@ -55,8 +56,10 @@ def rank_device(opts: EngineOptions, rank: int) -> str:
 def load_shard(opts: EngineOptions, parallel: Parallel, device: str, mtp: str = "no") -> DeepseekV4:
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    return load_model(opts.model_path, dtype=getattr(torch, opts.dtype), device=device, progress=False,
-                      weight_format=opts.resolved_weight_format(), mtp=mtp, parallel=parallel)
+    model = load_model(opts.model_path, dtype=getattr(torch, opts.dtype), device=device, progress=False,
+                       weight_format=opts.resolved_weight_format(), mtp=mtp, parallel=parallel)
+    torch.set_num_threads(cpu_threads(model.cfg.hidden_size, opts.cpu_threads))  # before the first forward
+    return model
 
 
 class LeaderRunner(ModelRunner):

@@ -8,6 +8,9 @@ from pathlib import Path
 # libgomp's default active spin-wait makes small torch ops crawl on a busy 2-core machine
 # (token-by-token parity: 153 s vs 13 s); set before torch starts its thread pool
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the test models are tiny: one intra-op thread per process is faster (model.threads; oracle parity
+# 21 s vs 32 s), and the Engine children the tests start inherit it
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
