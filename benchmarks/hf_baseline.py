@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from ..model.loader import checkpoint_shards, load_model
 from ..model.make_tiny import transformers_tensors
-from ..model.threads import cpu_threads
+from ..model.threads import use_threads
 from ..runtime.tokenizer import SPECIAL_IDS
 
 TRANSFORMERS_MARKER = "model.embed_tokens.weight"
@@ -42,12 +42,12 @@ def transformers_checkpoint(model_path: str | Path, workdir: str | Path) -> Path
 def load_hf_model(model_path: str | Path, workdir: str | Path, dtype: torch.dtype = torch.float32,
                   device: str = "cpu"):
     """transformers' model of `model_path`, with this process's intra-op threads set as Banyan's
-    Engine sets its own for the model (`model.threads`), so that both run on as many threads."""
+    runner sets them for small steps (`model.threads`: one for a narrow model)."""
     from transformers import DeepseekV4ForCausalLM
 
     path = transformers_checkpoint(model_path, workdir)
     model = DeepseekV4ForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    torch.set_num_threads(cpu_threads(model.config.hidden_size))
+    use_threads(model.config.hidden_size, attended=0)
     return model
 
 

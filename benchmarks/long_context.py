@@ -85,15 +85,19 @@ def measure_banyan(model_path: str | None, length: int, args: argparse.Namespace
 
 
 class _TokenClock:
-    """A `generate` streamer that timestamps each new token (its first `put` is the prompt)."""
+    """A `generate` streamer that timestamps each new token (its first `put` is the prompt) and
+    calls `after_prefill` once the first token is out."""
 
-    def __init__(self) -> None:
+    def __init__(self, after_prefill=lambda: None) -> None:
         self.times: list[float] = []
         self._prompt_seen = False
+        self._after_prefill = after_prefill
 
     def put(self, value) -> None:
         if self._prompt_seen:
             self.times += [time.perf_counter()] * value.numel()
+            if len(self.times) == value.numel():
+                self._after_prefill()
         self._prompt_seen = True
 
     def end(self) -> None:
@@ -103,6 +107,7 @@ class _TokenClock:
 def measure_hf(hf_path: str, length: int, args: argparse.Namespace) -> dict:
     import torch
 
+    from ..model.threads import use_threads
     from ..runtime.tokenizer import SPECIAL_IDS
     from .hf_baseline import load_hf_model
 
@@ -115,7 +120,10 @@ def measure_hf(hf_path: str, length: int, args: argparse.Namespace) -> dict:
                            pad_token_id=SPECIAL_IDS["pad"], streamer=clock)
 
     generate(prompt_ids(WARMUP_LEN, args.seed + 1), 2)
-    clock = _TokenClock()
+    # the thread counts Banyan's runner picks (model.threads): the prefill's, then a decode step's
+    hidden = model.config.hidden_size
+    clock = _TokenClock(after_prefill=lambda: use_threads(hidden, length))
+    use_threads(hidden, length * length)
     start = time.perf_counter()
     generate(prompt_ids(length, args.seed), args.decode_tokens, clock)
     return {**timings(length, start, clock.times), "peak_rss_mb": peak_rss_mb(resource.RUSAGE_SELF)}

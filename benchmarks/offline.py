@@ -114,10 +114,10 @@ def run_banyan(model_path: str | None, workloads: list[Workload], enable_cache: 
         if decode is not None:
             import torch
 
-            from ..model.threads import cpu_threads
+            from ..model.threads import use_threads
 
             model = load_model(engine.options.model_path, dtype=getattr(torch, engine.options.dtype), progress=False)
-            torch.set_num_threads(cpu_threads(model.cfg.hidden_size, engine.options.cpu_threads))  # as the Engine's
+            use_threads(model.cfg.hidden_size, 0, engine.options.cpu_threads)  # as the Engine's decode steps
             overhead = decode_overhead(engine, model, *decode)
     return results, overhead
 

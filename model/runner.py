@@ -7,6 +7,7 @@ owns the network and its paged state (`V4KVCache`), builds the step's `ForwardBa
 forward pass, samples the requests that are due a token and scores prompt tokens.
 
 Where the next pieces plug in:
+* CPU threads: `_forward` sets each step's intra-op thread count (`model.threads`).
 * CUDA graphs: `_forward` is the one call that runs the network; a graph runner captures
   it per decode batch size and replays it when `requests` is a uniform decode batch.
 * Tensor/expert parallelism: every rank holds a `ModelRunner` over its shard; the rank-0
@@ -23,6 +24,7 @@ from typing import Protocol, overload
 
 import torch
 
+from . import threads
 from .batch import ForwardBatch
 from .kv_cache import CacheShape, V4KVCache
 from .network import DeepseekV4
@@ -187,6 +189,7 @@ class ModelRunner:
     def _forward(self, requests: list[RunRequest], all_logits: bool, want_streams: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = forward_batch([(r.prefix_len, r.tokens, r.slot, r.pages, r.swa_pages) for r in requests], all_logits)
+        threads.for_step(sum(len(r.tokens) * (r.prefix_len + len(r.tokens)) for r in requests))
         if want_streams:
             return self.model(batch, self.kv, return_streams=True)
         return self.model(batch, self.kv), None

@@ -22,12 +22,12 @@ from multiprocessing.connection import wait
 
 import torch
 
+from ..model import threads
 from ..model.kv_cache import CacheShape
 from ..model.loader import load_model
 from ..model.network import DeepseekV4
 from ..model.parallel import SINGLE, Communicator, Parallel, init_parallel
 from ..model.runner import ModelRunner, RunOutput, RunRequest
-from ..model.threads import cpu_threads
 from .options import EngineOptions
 
 log = logging.getLogger("banyan.rank")
@@ -58,7 +58,8 @@ def load_shard(opts: EngineOptions, parallel: Parallel, device: str, mtp: str = 
         torch.cuda.set_device(torch.device(device))
     model = load_model(opts.model_path, dtype=getattr(torch, opts.dtype), device=device, progress=False,
                        weight_format=opts.resolved_weight_format(), mtp=mtp, parallel=parallel)
-    torch.set_num_threads(cpu_threads(model.cfg.hidden_size, opts.cpu_threads))  # before the first forward
+    if torch.device(device).type == "cpu":
+        threads.configure(model.cfg.hidden_size, opts.cpu_threads)  # the runner sets each step's count
     return model
 
 

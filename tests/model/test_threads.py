@@ -1,33 +1,53 @@
-"""The intra-op thread count a model process runs with on CPU."""
+"""The intra-op thread count a model process picks on CPU, step by step."""
 
 import pytest
 import torch
 
+from banyan.model import threads
+from banyan.model.kv_cache import CacheShape
 from banyan.model.parallel import SINGLE
-from banyan.model.threads import SPLIT_MIN_HIDDEN, cpu_threads
+from banyan.model.runner import ModelRunner, RunRequest, SamplingRow
+from banyan.model.threads import PARALLEL_MIN_ATTENDED, SPLIT_MIN_HIDDEN, step_threads
 from banyan.runtime.options import EngineOptions
 from banyan.runtime.rank_worker import load_shard
 
 
 @pytest.fixture
-def restore_threads():
+def four_cores(monkeypatch):
+    """torch's default taken to be 4 threads; the process rule and thread count restored after."""
     before = torch.get_num_threads()
-    yield before
+    monkeypatch.setattr(threads, "DEFAULT_THREADS", 4)
+    monkeypatch.setattr(threads, "_process_rule", None)
+    yield
     torch.set_num_threads(before)
 
 
-def test_narrow_models_run_on_one_thread_wide_ones_on_all_unless_told(restore_threads):
-    assert cpu_threads(64) == cpu_threads(SPLIT_MIN_HIDDEN - 1) == 1
-    assert cpu_threads(SPLIT_MIN_HIDDEN) == cpu_threads(7168) == restore_threads
-    assert cpu_threads(64, requested=3) == cpu_threads(7168, requested=3) == 3
+def test_narrow_models_split_only_big_steps_wide_ones_always(four_cores):
+    big = PARALLEL_MIN_ATTENDED
+    assert step_threads(64, 0) == step_threads(SPLIT_MIN_HIDDEN - 1, big - 1) == 1
+    assert step_threads(64, big) == step_threads(SPLIT_MIN_HIDDEN, 0) == step_threads(7168, 1) == 4
+    assert step_threads(64, big, requested=3) == 3 and step_threads(7168, 0, requested=2) == 2
 
 
-@pytest.mark.parametrize("requested, expected", [(0, 1), (2, 2)])
-def test_loading_a_shard_sets_the_process_threads(tiny_official, restore_threads, requested, expected):
-    torch.set_num_threads(2)
+@pytest.mark.parametrize("requested, small, big", [(0, 1, 4), (2, 2, 2)])
+def test_a_loaded_shard_sets_each_steps_threads(tiny_official, four_cores, requested, small, big):
     model = load_shard(EngineOptions(model_path=str(tiny_official), cpu_threads=requested), SINGLE, "cpu")
     assert model.cfg.hidden_size < SPLIT_MIN_HIDDEN
-    assert torch.get_num_threads() == expected
+    threads.for_step(PARALLEL_MIN_ATTENDED)
+    assert torch.get_num_threads() == big
+    threads.for_step(1)
+    assert torch.get_num_threads() == small
+
+
+def test_the_runner_sets_threads_by_the_pairs_its_step_attends(tiny_model, four_cores, monkeypatch):
+    seen = []
+    monkeypatch.setattr(threads, "for_step", seen.append)
+    runner = ModelRunner(tiny_model, CacheShape(tiny_model.cfg.min_page_size, 4, 4, 2))
+    greedy = SamplingRow(temperature=0)
+    runner.run([RunRequest(0, 0, [5, 6, 7, 8, 9], [0], [0], sampling=greedy),
+                RunRequest(1, 0, [3, 4], [1], [1], sampling=greedy)])
+    runner.run([RunRequest(0, 5, [10], [0], [0], sampling=greedy), RunRequest(1, 2, [11, 12], [1], [1], sampling=greedy)])
+    assert seen == [5 * 5 + 2 * 2, 1 * 6 + 2 * 4]
 
 
 def test_negative_thread_counts_are_refused():
