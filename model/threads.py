@@ -50,6 +50,16 @@ def configure(hidden_size: int, requested: int = 0) -> None:
     _process_rule = (hidden_size, requested)
 
 
+def describe() -> str:
+    """This process's rule, for its start-up log line."""
+    if _process_rule is None:
+        return f"{torch.get_num_threads()} (not chosen per step)"
+    hidden, requested = _process_rule
+    if requested or hidden >= SPLIT_MIN_HIDDEN:
+        return str(step_threads(hidden, 0, requested))
+    return f"1 per step, {DEFAULT_THREADS} for steps attending to >= 2^{PARALLEL_MIN_ATTENDED.bit_length() - 1} pairs"
+
+
 def for_step(attended: int) -> None:
     """Set this step's thread count; without `configure` (a model used directly), leave torch's."""
     if _process_rule is not None:

@@ -10,6 +10,7 @@ import traceback
 import torch
 import zmq
 
+from ..model import threads
 from ..model.footprint import startup_facts
 from ..model.drafters import MTPDrafter
 from ..model.runner import ModelRunner
@@ -209,9 +210,9 @@ def run_scheduler_process(opts: EngineOptions, in_addr: str, out_addr: str, read
         return
     footprint = startup_facts(sched.runner.model, sched.runner.kv)
     log.info("weights: %.1f MiB resident (%s); KV (%s) per cached token: %.0f B compressed + %.0f B sliding "
-             "window; %d tokens of pool capacity; CPU threads: %d", footprint["weight_bytes"] / 2**20,
+             "window; %d tokens of pool capacity; CPU threads: %s", footprint["weight_bytes"] / 2**20,
              opts.resolved_weight_format(), footprint["kv_cache_dtype"], footprint["compressed_per_token"],
-             footprint["swa_per_token"], sched.pools.sizes.max_tokens, torch.get_num_threads())
+             footprint["swa_per_token"], sched.pools.sizes.max_tokens, threads.describe())
     ready.send({"ok": True, "token_capacity": sched.pools.sizes.max_tokens, "footprint": footprint,
                 "vocab_size": sched.cfg.vocab_size, "eos_token_id": sched.cfg.eos_token_id,
                 "page_size": sched.page_size})

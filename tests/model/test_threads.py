@@ -37,6 +37,7 @@ def test_a_loaded_shard_sets_each_steps_threads(tiny_official, four_cores, reque
     assert torch.get_num_threads() == big
     threads.for_step(1)
     assert torch.get_num_threads() == small
+    assert threads.describe() == ("1 per step, 4 for steps attending to >= 2^25 pairs" if requested == 0 else "2")
 
 
 def test_the_runner_sets_threads_by_the_pairs_its_step_attends(tiny_model, four_cores, monkeypatch):
