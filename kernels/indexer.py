@@ -8,7 +8,8 @@ Queries come in groups that share candidate lists row by row: a prefill chunk is
 (`G = 1`) of `Tq` queries of one request over that request's entries; a set of decode
 tokens is `G` rows of one query each. Scores are computed a bounded slab at a time
 (`SCORE_BUDGET` bytes of `[rows, H, E]` dot products), so a long prompt never holds a
-`[T, H, E]` tensor.
+`[T, H, E]` tensor. Single-query groups (decode) on CPU are scored by a C loop that reads each
+candidate key once from the pool (`kernels.native.indexer_scores`) instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from functools import cached_property
 
 import numpy as np
 import torch
+
+from . import native
 
 SCORE_BUDGET = 4 << 20  # bytes of head-wise dot products per slab (cache-sized: fastest on CPU)
 
@@ -89,6 +92,8 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gro
     q, weights = _f32(q), _f32(weights)
     for group in groups:
         g, e = group.candidates.shape
+        if group.tokens.shape[1] == 1 and _single_queries(q, weights, keys, group, topk, out):
+            continue
         slabs = group.slabs(h, topk)
         if not slabs:
             continue
@@ -107,6 +112,22 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gro
                 rows.masked_fill_(vals.view(-1, k) == float("-inf"), -1)
             out[:, :k].index_copy_(0, slab.tokens, rows)
     return out
+
+
+def _single_queries(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, group: QueryGroup, topk: int,
+                    out: torch.Tensor) -> bool:
+    """The top-k of a group of one query per row through the native scores; False where that
+    path does not apply."""
+    tokens = group.tokens[:, 0]
+    scores = native.indexer_scores(q.index_select(0, tokens), weights.index_select(0, tokens), keys,
+                                   group.safe_candidates, group.visible[:, 0])  # [G, E]
+    if scores is None:
+        return False
+    k = min(topk, scores.shape[1])
+    vals, local = scores.topk(k, dim=-1)  # best first
+    rows = group.candidates.gather(1, local).masked_fill_(vals == float("-inf"), -1)
+    out[:, :k].index_copy_(0, tokens, rows)
+    return True
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:

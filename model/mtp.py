@@ -50,7 +50,7 @@ class MTPBlock(Block):
         x = e.unsqueeze(1) + self.h_proj(self.hnorm(streams.to(e.dtype)))  # [T, n, D]
         return self(x, next_ids, plan, cache, rope)
 
-    def logits(self, head: nn.Linear, streams: torch.Tensor) -> torch.Tensor:
+    def logits(self, head: nn.Module, streams: torch.Tensor) -> torch.Tensor:
         """fp32 logits `[T, V]` from output streams `[T, n, D]`."""
         cfg = self.cfg
         hidden = hc_head(streams, self.hc_head_fn, self.hc_head_scale, self.hc_head_base, cfg.rms_norm_eps,

@@ -10,6 +10,7 @@ from ..kernels.dispatch import hc_head
 from .batch import BatchPlan, ForwardBatch
 from .block import Block
 from .config import ModelConfig
+from .head import OutputHead
 from .kv_cache import LayerCache, V4KVCache
 from .mtp import MTPBlock
 from .norm import RMSNorm
@@ -42,7 +43,7 @@ class DeepseekV4(nn.Module):
         # registered after the hc head: make_tiny draws tensors in state_dict order, so this order
         # keeps the embedded default model (and every seeded test checkpoint) what it was
         self.head = (ParallelHead(cfg.hidden_size, cfg.vocab_size, dtype, parallel) if tp
-                     else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype))
+                     else OutputHead(cfg.hidden_size, cfg.vocab_size, dtype))
         self.mtp = nn.ModuleList([MTPBlock(cfg, dtype, parallel)]) if mtp else None
         self._rope = RopeFrequencies(cfg)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels import native
+
 SPLIT_MIN_HIDDEN = 1024  # hidden sizes from which every step's ops are worth splitting (V4-Flash: 4096)
 PARALLEL_MIN_ATTENDED = 1 << 25  # e.g. a 4,096-token chunk after 4K tokens, or 1,024 tokens after 31K
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (one per core, or OMP_NUM_THREADS)
@@ -48,6 +50,7 @@ def configure(hidden_size: int, requested: int = 0) -> None:
     """Make this process pick its CPU threads per step (the Engine's model processes do)."""
     global _process_rule
     _process_rule = (hidden_size, requested)
+    native.set_max_threads(requested or DEFAULT_THREADS)
 
 
 def describe() -> str:

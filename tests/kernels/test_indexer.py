@@ -1,8 +1,10 @@
 """The indexer's top-k against brute-force scores, for prefill-like and decode-like groups."""
 
+import pytest
 import torch
 
 from banyan.kernels import indexer as ki
+from banyan.kernels import native
 from banyan.kernels.indexer import QueryGroup, indexer_topk
 
 
@@ -23,7 +25,12 @@ def group(tokens, candidates, visible):
     return QueryGroup(torch.as_tensor(tokens), candidates, visible, visible.numpy())
 
 
-def test_top_k_rows_match_brute_force_and_pad_with_minus_one(monkeypatch):
+@pytest.mark.parametrize("native_scores", [True, False], ids=["native-decode-scores", "torch-slabs"])
+def test_top_k_rows_match_brute_force_and_pad_with_minus_one(monkeypatch, native_scores):
+    if not native_scores:
+        monkeypatch.setattr(ki.native, "indexer_scores", lambda *a: None)
+    elif native.library() is None:
+        pytest.skip("no C compiler here")
     gen = torch.Generator().manual_seed(0)
     t, h, d, pool, topk = 9, 4, 16, 60, 5
     q, weights, keys = torch.randn(t, h, d, generator=gen), torch.rand(t, h, generator=gen), torch.randn(pool, d, generator=gen)

@@ -60,3 +60,61 @@ def test_disabled_or_unbuildable_falls_back_to_torch(native_off, monkeypatch, tm
     native.library.cache_clear()
     assert native.library() is None
     assert not any(tmp_path.rglob("*.so"))
+
+
+@pytest.fixture
+def split_over(monkeypatch):
+    """Make every helper call split its work over `n` threads."""
+    def split(n: int) -> None:
+        monkeypatch.setattr(native, "_max_threads", n)
+        monkeypatch.setattr(native, "STREAM_MIN_BYTES", 0)
+    return split
+
+
+def _bf16_weight(n: int, k: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).bfloat16().float()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_bf16_gemv_matches_the_fp32_product(rows, threads, split_over):
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    split_over(threads)
+    weight = _bf16_weight(1000, 48, seed=rows)  # 1000: a last panel of 8 rows
+    x = torch.randn(rows, 48, generator=torch.Generator().manual_seed(7))
+    panels = native.pack_bf16_panels(weight)
+    assert panels.shape == (-(-1000 // native.PANEL), 48, native.PANEL)
+    got = native.bf16_gemv(x, panels, 1000)
+    torch.testing.assert_close(got, x @ weight.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_packing_refuses_weights_it_would_round():
+    weight = _bf16_weight(32, 16, seed=0)
+    assert native.pack_bf16_panels(weight) is not None
+    weight[3, 5] += 1e-3  # no longer a bf16 value
+    assert native.pack_bf16_panels(weight) is None
+
+
+def _indexer_reference(q, weights, keys, candidates, visible):
+    dots = torch.einsum("thd,ted->the", q, keys[candidates]).relu()  # [T, H, E]
+    scores = (weights.unsqueeze(-1) * dots).sum(1)  # [T, E]
+    return scores.masked_fill(torch.arange(candidates.shape[1]) >= visible.unsqueeze(-1), float("-inf"))
+
+
+@pytest.mark.parametrize("heads", [16, 20, 3])  # whole vector panels, a panel and a tail, a tail only
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_indexer_scores_match_torch(heads, threads, split_over):
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    split_over(threads)
+    gen = torch.Generator().manual_seed(heads)
+    q, weights = torch.randn(3, heads, 32, generator=gen), torch.randn(3, heads, generator=gen)
+    keys = torch.randn(300, 32, generator=gen)
+    candidates = torch.randint(0, 300, (3, 77), generator=gen)
+    visible = torch.tensor([77, 13, 0])  # all, some, none
+    got = native.indexer_scores(q, weights, keys, candidates, visible)
+    want = _indexer_reference(q, weights, keys, candidates, visible)
+    assert torch.equal(got.isinf(), want.isinf())
+    torch.testing.assert_close(got[~want.isinf()], want[~want.isinf()], rtol=1e-5, atol=1e-5)
+    assert native.indexer_scores(q.double(), weights, keys, candidates, visible) is None
