@@ -79,6 +79,9 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
            norm_eps: float, eps: float, sinkhorn_iters: int
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns `(collapsed [T, D], post [T, n], comb [T, n, n])`."""
+    mixed = native.hc_pre(streams, fn, scale, base, norm_eps, eps, sinkhorn_iters)
+    if mixed is not None:
+        return mixed
     t, n, _ = streams.shape
     x = _f32(streams.flatten(1))  # [T, n*D]
     z = _mix(x, fn, _f32(scale).index_select(0, _which_scale(n, streams.device)), base, norm_eps)  # [T, (2+n)n]

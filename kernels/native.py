@@ -76,6 +76,9 @@ _SOURCE = r"""
 #define ROW_BLOCK 4
 #define MAX_THREADS 64
 
+typedef float panel_f32 __attribute__((vector_size(PANEL * 4)));
+typedef uint32_t panel_u32 __attribute__((vector_size(PANEL * 4)));
+
 /* Normalise the lines of LANES interleaved n x n matrices, m[(i*n + j)*LANES + lane]:
    columns (stride_line = 1, stride_elem = n) or rows (n, 1). */
 static void normalise(float *m, int64_t n, int64_t stride_line, int64_t stride_elem, float eps) {
@@ -113,10 +116,56 @@ void banyan_sinkhorn_f32(float *x, int64_t t, int64_t n, float eps, int64_t iter
     }
 }
 
+/* ---- mHC's pre-block mix for a few tokens, as kernels.mhc.hc_pre:
+   x [T, n*D] -> collapsed [T, D], post [T, n], comb [T, n, n] (Sinkhorn-normalised) */
+static float dot(const float *a, const float *b, int64_t len) {
+    panel_f32 acc = {0}, av, bv;
+    int64_t i = 0;
+    for (; i + PANEL <= len; i += PANEL) {
+        memcpy(&av, a + i, sizeof av);
+        memcpy(&bv, b + i, sizeof bv);
+        acc += av * bv;
+    }
+    float sum = 0.0f;
+    for (int l = 0; l < PANEL; l++) sum += acc[l];
+    for (; i < len; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float *fn, const float *scale,
+                   const float *base, float norm_eps, float eps, int64_t iters, float *collapsed, float *post,
+                   float *comb) {
+    int64_t width = n * d, mixes = (2 + n) * n;
+    for (int64_t i = 0; i < t; i++) {
+        const float *xi = x + i * width;
+        float inv_rms = 1.0f / sqrtf(dot(xi, xi, width) / (float)width + norm_eps);
+        float z[(2 + MAX_N) * MAX_N];
+        for (int64_t r = 0; r < mixes; r++) {
+            int which = r < n ? 0 : r < 2 * n ? 1 : 2;
+            z[r] = base[r] + dot(fn + r * width, xi, width) * (scale[which] * inv_rms);
+        }
+        float pre[MAX_N];
+        for (int64_t k = 0; k < n; k++) {
+            pre[k] = 1.0f / (1.0f + expf(-z[k])) + eps;
+            post[i * n + k] = 2.0f / (1.0f + expf(-z[n + k]));
+        }
+        for (int64_t a = 0; a < n; a++) {
+            const float *row = z + 2 * n + a * n;
+            float *out = comb + (i * n + a) * n, top = row[0], sum = 0.0f;
+            for (int64_t b = 1; b < n; b++) top = row[b] > top ? row[b] : top;
+            for (int64_t b = 0; b < n; b++) sum += out[b] = expf(row[b] - top);
+            for (int64_t b = 0; b < n; b++) out[b] = out[b] / sum + eps;
+        }
+        float *ci = collapsed + i * d;
+        for (int64_t j = 0; j < d; j++) ci[j] = pre[0] * xi[j];
+        for (int64_t k = 1; k < n; k++)
+            for (int64_t j = 0; j < d; j++) ci[j] += pre[k] * xi[k * d + j];
+    }
+    banyan_sinkhorn_f32(comb, t, n, eps, iters);
+}
+
 /* ---- bf16-weight GEMV: y[r][v] = sum_k x[r][k] * w[v][k], w packed as p[v / PANEL][k][v % PANEL] */
 
-typedef float panel_f32 __attribute__((vector_size(PANEL * 4)));
-typedef uint32_t panel_u32 __attribute__((vector_size(PANEL * 4)));
 
 static inline panel_f32 load_bf16(const uint16_t *p) {
     panel_u32 u;
@@ -271,10 +320,12 @@ def _build(target: Path) -> None:
         src, out = Path(tmp) / "banyan_native.c", Path(tmp) / target.name
         src.write_text(_SOURCE)
         try:
-            subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+            subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out), "-lm"], check=True, capture_output=True,
+                           timeout=120)
         except subprocess.CalledProcessError:  # a compiler without -march=native: the generic target
             flags = [f for f in _FLAGS if f != "-march=native"]
-            subprocess.run([compiler, *flags, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+            subprocess.run([compiler, *flags, str(src), "-o", str(out), "-lm"], check=True, capture_output=True,
+                           timeout=120)
         os.replace(out, target)  # atomic: a concurrent builder's copy is as good
 
 
@@ -300,6 +351,9 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_bf16_gemv.restype = None
     lib.banyan_indexer_scores.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr, i64]
     lib.banyan_indexer_scores.restype = None
+    lib.banyan_hc_pre.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ptr, ptr,
+                                  ptr]
+    lib.banyan_hc_pre.restype = None
     return lib
 
 
@@ -312,6 +366,26 @@ def sinkhorn_(comb: torch.Tensor, eps: float, iters: int) -> bool:
         return False
     lib.banyan_sinkhorn_f32(comb.data_ptr(), comb.shape[0], comb.shape[1], eps, iters)
     return True
+
+
+HC_PRE_MAX_TOKENS = 16  # tokens up to which the native mix beats torch's ops (from 16, its matmul wins)
+
+
+def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
+           eps: float, iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`kernels.mhc.hc_pre` for up to `HC_PRE_MAX_TOKENS` fp32 CPU tokens in one call; None where
+    the native path does not apply. Its dot products and exponentials round differently from
+    torch's (fp32 rounding); the Sinkhorn loop is the same bit for bit."""
+    lib = library()
+    t, n, d = streams.shape
+    if (lib is None or streams.device.type != "cpu" or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N
+            or any(a.dtype != torch.float32 for a in (streams, fn, scale, base)) or iters < 1):
+        return None
+    x, fn, scale, base = streams.contiguous(), fn.contiguous(), scale.contiguous(), base.contiguous()
+    collapsed, post, comb = x.new_empty(t, d), x.new_empty(t, n), x.new_empty(t, n, n)
+    lib.banyan_hc_pre(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps, iters,
+                      collapsed.data_ptr(), post.data_ptr(), comb.data_ptr())
+    return collapsed, post, comb
 
 
 def pack_bf16_panels(weight: torch.Tensor) -> torch.Tensor | None:

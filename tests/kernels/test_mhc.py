@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from banyan.kernels import native
@@ -38,13 +39,19 @@ def spec_hc_pre(x, fn, scale, base, norm_eps, eps, iters):
     return (pre.unsqueeze(-1) * x.float()).sum(1).to(x.dtype), post, c
 
 
-def test_hc_pre_equals_the_spec_formula_to_fp32_rounding():
+@pytest.mark.parametrize("native_mix", [True, False], ids=["native", "torch"])
+def test_hc_pre_equals_the_spec_formula_to_fp32_rounding(monkeypatch, native_mix):
+    if not native_mix:
+        monkeypatch.setattr(native, "hc_pre", lambda *a: None)
+    elif native.library() is None:
+        pytest.skip("no C compiler here")
     gen = torch.Generator().manual_seed(1)
     n, d = 4, 48
     fn = torch.randn((2 + n) * n, n * d, generator=gen) * 0.05
     base = torch.randn((2 + n) * n, generator=gen)
     scale = torch.tensor([1.0, 0.5, 3.0])  # a sharp comb: Sinkhorn has work to do
-    for t, dtype in ((1, torch.float32), (7, torch.float32), (5, torch.bfloat16)):
+    for t, dtype in ((1, torch.float32), (7, torch.float32), (native.HC_PRE_MAX_TOKENS, torch.float32),
+                     (native.HC_PRE_MAX_TOKENS + 1, torch.float32), (5, torch.bfloat16)):
         x = torch.randn(t, n, d, generator=gen).to(dtype)
         ours, spec = hc_pre(x, fn, scale, base, 1e-6, 1e-6, 20), spec_hc_pre(x, fn, scale, base, 1e-6, 1e-6, 20)
         for a, b in zip(ours, spec):

@@ -118,3 +118,11 @@ def test_native_indexer_scores_match_torch(heads, threads, split_over):
     assert torch.equal(got.isinf(), want.isinf())
     torch.testing.assert_close(got[~want.isinf()], want[~want.isinf()], rtol=1e-5, atol=1e-5)
     assert native.indexer_scores(q.double(), weights, keys, candidates, visible) is None
+
+
+def test_native_hc_pre_declines_what_it_does_not_take():
+    n, d = 4, 8
+    fn, scale, base = torch.randn((2 + n) * n, n * d), torch.ones(3), torch.zeros((2 + n) * n)
+    for streams in (torch.randn(native.HC_PRE_MAX_TOKENS + 1, n, d), torch.randn(2, n, d).double(),
+                    torch.randn(0, n, d)):
+        assert native.hc_pre(streams, fn, scale, base, 1e-6, 1e-6, 20) is None
