@@ -164,6 +164,83 @@ void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float 
     banyan_sinkhorn_f32(comb, t, n, eps, iters);
 }
 
+/* ---- sparse attention with a sink for a few queries, as kernels.sparse_attention:
+   each query's used rows of the window list (idx) and the extra list (eidx): j < length and
+   index >= 0; one softmax per head over their scores and the sink. */
+#define MAX_ROWS 4096
+
+static void axpy(float *y, float a, const float *x, int64_t len) {
+    panel_f32 av = {0}, xv, yv;
+    av += a;
+    int64_t i = 0;
+    for (; i + PANEL <= len; i += PANEL) {
+        memcpy(&xv, x + i, sizeof xv);
+        memcpy(&yv, y + i, sizeof yv);
+        yv += av * xv;
+        memcpy(y + i, &yv, sizeof yv);
+    }
+    for (; i < len; i++) y[i] += a * x[i];
+}
+
+static int64_t used_rows(const float *pool, const int64_t *idx, int64_t length, int64_t width, int64_t d,
+                         const float **rows, int64_t n) {
+    for (int64_t j = 0; j < width && j < length && n < MAX_ROWS; j++)
+        if (idx[j] >= 0) rows[n++] = pool + idx[j] * d;
+    return n;
+}
+
+/* returns 0 when a query lists more than MAX_ROWS rows (the caller then uses torch) */
+int banyan_sparse_attention(const float *q, int64_t t, int64_t h, int64_t d, const float *kv, const int64_t *idx,
+                            const int64_t *len, int64_t ks, const float *extra, const int64_t *eidx,
+                            const int64_t *elen, int64_t kx, const float *sink, float scale, float *out) {
+    if (ks + kx > MAX_ROWS) return 0;
+    const float *rows[MAX_ROWS];
+    float score[MAX_ROWS];
+    for (int64_t i = 0; i < t; i++) {
+        int64_t n = used_rows(kv, idx + i * ks, len[i], ks, d, rows, 0);
+        if (extra) n = used_rows(extra, eidx + i * kx, elen[i], kx, d, rows, n);
+        for (int64_t hh = 0; hh < h; hh++) {
+            const float *qh = q + (i * h + hh) * d;
+            float *oh = out + (i * h + hh) * d, top = sink[hh];
+            for (int64_t j = 0; j < n; j++) {
+                score[j] = dot(qh, rows[j], d) * scale;
+                top = score[j] > top ? score[j] : top;
+            }
+            float total = expf(sink[hh] - top);
+            for (int64_t j = 0; j < n; j++) total += score[j] = expf(score[j] - top);
+            memset(oh, 0, d * sizeof(float));
+            for (int64_t j = 0; j < n; j++) axpy(oh, score[j] / total, rows[j], d);
+        }
+    }
+    return 1;
+}
+
+/* ---- routed experts for a few tokens, as kernels.triton.ref.moe.fused_moe (dense weights):
+   out[t] = sum_k weights[t][k] * W2_e(silu(min(W1_e x, limit)) * clamp(W3_e x, +-limit)), e = ids[t][k] */
+#define MAX_INTER 8192
+
+void banyan_moe_experts(const float *x, int64_t t, int64_t d, int64_t inter, const int64_t *ids, const float *weights,
+                        int64_t k, const float *w1, const float *w3, const float *w2, float limit, float *out) {
+    float h[MAX_INTER];
+    for (int64_t i = 0; i < t; i++) {
+        const float *xi = x + i * d;
+        float *oi = out + i * d;
+        memset(oi, 0, d * sizeof(float));
+        for (int64_t c = 0; c < k; c++) {
+            int64_t e = ids[i * k + c];
+            const float *g = w1 + e * inter * d, *u = w3 + e * inter * d, *down = w2 + e * d * inter;
+            for (int64_t r = 0; r < inter; r++) {
+                float gate = dot(g + r * d, xi, d), up = dot(u + r * d, xi, d);
+                gate = gate < limit ? gate : limit;
+                up = up < -limit ? -limit : up > limit ? limit : up;
+                h[r] = gate / (1.0f + expf(-gate)) * up;
+            }
+            float w = weights[i * k + c];
+            for (int64_t j = 0; j < d; j++) oi[j] += w * dot(down + j * inter, h, inter);
+        }
+    }
+}
+
 /* ---- bf16-weight GEMV: y[r][v] = sum_k x[r][k] * w[v][k], w packed as p[v / PANEL][k][v % PANEL] */
 
 
@@ -354,6 +431,11 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_hc_pre.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ptr, ptr,
                                   ptr]
     lib.banyan_hc_pre.restype = None
+    lib.banyan_sparse_attention.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr,
+                                            ctypes.c_float, ptr]
+    lib.banyan_sparse_attention.restype = ctypes.c_int
+    lib.banyan_moe_experts.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_float, ptr]
+    lib.banyan_moe_experts.restype = None
     return lib
 
 
@@ -386,6 +468,57 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
     lib.banyan_hc_pre(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps, iters,
                       collapsed.data_ptr(), post.data_ptr(), comb.data_ptr())
     return collapsed, post, comb
+
+
+ATTENTION_MAX_QUERIES = 16  # queries up to which the native attention beats torch's batched matmuls
+
+
+def sparse_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor,
+                     sink: torch.Tensor, scale: float, extra: torch.Tensor | None = None,
+                     extra_indices: torch.Tensor | None = None, extra_lengths: torch.Tensor | None = None
+                     ) -> torch.Tensor | None:
+    """`kernels.sparse_attention.sparse_attention` over fp32 CPU pools for up to
+    `ATTENTION_MAX_QUERIES` queries, in one call; None where the native path does not apply."""
+    lib = library()
+    tensors = [q, kv, sink] + ([extra] if extra is not None else [])
+    if (lib is None or not 0 < q.shape[0] <= ATTENTION_MAX_QUERIES or q.dim() != 3
+            or any(a.device.type != "cpu" or a.dtype != torch.float32 or not a.is_contiguous() for a in tensors)):
+        return None
+    t, h, d = q.shape
+    out = q.new_empty(t, h, d)
+    idx, lens = _int64(indices), _int64(lengths)
+    if extra is None:
+        eptr, eidx, elens, kx = None, None, None, 0
+    else:
+        eidx, elens = _int64(extra_indices), _int64(extra_lengths)
+        eptr, kx = extra.data_ptr(), eidx.shape[1]
+    done = lib.banyan_sparse_attention(q.data_ptr(), t, h, d, kv.data_ptr(), idx.data_ptr(), lens.data_ptr(),
+                                       idx.shape[1], eptr, None if eidx is None else eidx.data_ptr(),
+                                       None if elens is None else elens.data_ptr(), kx, sink.data_ptr(), scale,
+                                       out.data_ptr())
+    return out if done else None
+
+
+MOE_MAX_TOKENS = 16  # tokens up to which the native experts beat torch's dense strategy
+MAX_INTER = 8192  # largest expert intermediate size the native experts take
+
+
+def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
+                w2: torch.Tensor, limit: float) -> torch.Tensor | None:
+    """Routed experts over dense fp32 CPU weights for up to `MOE_MAX_TOKENS` tokens, each token
+    through its own `k` experts only (`x [T, D]`, `ids / weights [T, k]`, `w1 / w3 [E, I, D]`,
+    `w2 [E, D, I]`) -> `[T, D]` fp32; None where the native path does not apply."""
+    lib = library()
+    tensors = (x, weights, w1, w3, w2)
+    if (lib is None or not 0 < x.shape[0] <= MOE_MAX_TOKENS or w1.shape[1] > MAX_INTER
+            or any(a.device.type != "cpu" or a.dtype != torch.float32 for a in tensors)
+            or not all(w.is_contiguous() for w in (w1, w3, w2))):
+        return None
+    x, ids, weights = x.contiguous(), _int64(ids), weights.contiguous()
+    out = x.new_empty(x.shape)
+    lib.banyan_moe_experts(x.data_ptr(), x.shape[0], x.shape[1], w1.shape[1], ids.data_ptr(), weights.data_ptr(),
+                           ids.shape[1], w1.data_ptr(), w3.data_ptr(), w2.data_ptr(), limit, out.data_ptr())
+    return out
 
 
 def pack_bf16_panels(weight: torch.Tensor) -> torch.Tensor | None:
@@ -425,9 +558,12 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, c
         return None
     t, h, d = q.shape
     qt = q.transpose(1, 2).contiguous()  # [T, d, H]
-    weights, cand = weights.contiguous(), candidates.to(torch.int64).contiguous()
-    vis = visible.to(torch.int64).contiguous()
+    weights, cand, vis = weights.contiguous(), _int64(candidates), _int64(visible)
     out = q.new_empty(t, cand.shape[1])
     lib.banyan_indexer_scores(qt.data_ptr(), weights.data_ptr(), t, h, d, keys.data_ptr(), cand.data_ptr(),
                               vis.data_ptr(), cand.shape[1], out.data_ptr(), _threads(cand.numel() * d * 4))
     return out
+
+
+def _int64(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.int64).contiguous()

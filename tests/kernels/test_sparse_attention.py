@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from banyan.kernels import native
 from banyan.kernels import sparse_attention as sa
 from banyan.kernels.sparse_attention import KVIndex, sparse_attention
 
@@ -34,7 +35,17 @@ def ragged_case(gen, t=6, h=4, d=32, pool=50, ks=9, kx=5):
     return q, kv, index, torch.randn(h, generator=gen), extra, extra_index
 
 
-def test_matches_the_formula_with_holes_ragged_lengths_and_sink_only_rows():
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """A few fp32 CPU queries run through the native loop; "torch": through the batched matmuls."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "sparse_attention", lambda *a: None)
+    elif native.library() is None:
+        pytest.skip("no C compiler here")
+    return request.param
+
+
+def test_matches_the_formula_with_holes_ragged_lengths_and_sink_only_rows(path):
     gen = torch.Generator().manual_seed(0)
     q, kv, index, sink, extra, extra_index = ragged_case(gen)
     out = sparse_attention(q, kv, index, sink, 0.2, extra, extra_index)
@@ -46,6 +57,7 @@ def test_matches_the_formula_with_holes_ragged_lengths_and_sink_only_rows():
 
 
 def test_query_chunks_give_the_same_result(monkeypatch):
+    monkeypatch.setattr(native, "sparse_attention", lambda *a: None)  # the torch path chunks
     gen = torch.Generator().manual_seed(1)
     q, kv, index, sink, extra, extra_index = ragged_case(gen)
     whole = sparse_attention(q, kv, index, sink, 0.2, extra, extra_index)
@@ -66,9 +78,17 @@ def test_low_precision_inputs_score_in_fp32(dtype):
     assert torch.allclose(out.double(), expected, atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
-def test_empty_extra_list_is_the_window_alone():
+def test_empty_extra_list_is_the_window_alone(path):
     gen = torch.Generator().manual_seed(3)
     q, kv, index, sink, extra, _ = ragged_case(gen)
     none = KVIndex(torch.empty(q.shape[0], 0, dtype=torch.long), torch.zeros(q.shape[0], dtype=torch.long))
     assert torch.allclose(sparse_attention(q, kv, index, sink, 0.2, extra, none),
                           sparse_attention(q, kv, index, sink, 0.2), atol=1e-6)
+
+
+def test_native_attention_declines_what_it_does_not_take():
+    gen = torch.Generator().manual_seed(4)
+    q, kv, index, sink, extra, extra_index = ragged_case(gen, t=native.ATTENTION_MAX_QUERIES + 1)
+    assert native.sparse_attention(q, kv, index.indices, index.lengths, sink, 0.2) is None  # too many queries
+    q, kv, index, sink, _, _ = ragged_case(gen)
+    assert native.sparse_attention(q.double(), kv, index.indices, index.lengths, sink, 0.2) is None

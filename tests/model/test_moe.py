@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from banyan.kernels import native
 from banyan.kernels.triton.ref import moe as torch_moe
 from banyan.model.config import ModelConfig
 from banyan.model.moe import Experts, Gate
@@ -36,6 +37,10 @@ def test_dispatch_matches_a_loop_over_tokens(tokens, monkeypatch):
     w = (experts.w1.data, experts.w3.data, experts.w2.data)
     for path in (torch_moe._dense, torch_moe._grouped):
         assert torch.allclose(path(x, idx, weights, *w, experts.limit).double(), expected, atol=1e-5)
+    native_out = native.moe_experts(x, idx, weights, *w, experts.limit)  # what few tokens take on CPU
+    assert (native_out is not None) == (tokens <= native.MOE_MAX_TOKENS and native.library() is not None)
+    if native_out is not None:
+        assert torch.allclose(native_out.double(), expected, atol=1e-5)
     dense = tokens * experts.w1[0].numel() * cfg.n_routed_experts <= torch_moe.DENSE_MACS
     assert dense == (tokens < 200)  # the tiny model's batches of 1 and 3 take the dense path
     assert torch.allclose(experts(x, idx, weights).double(), expected, atol=1e-5)

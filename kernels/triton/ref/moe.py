@@ -4,6 +4,8 @@
 `BANYAN_KERNELS=torch`); neither reads anything back to the host. `fused_moe` picks one
 of three strategies by the weights' format and the problem size:
 
+* dense fp32 weights, a few tokens on CPU: each token through its own experts in one call of
+  a C loop (`kernels.native.moe_experts`);
 * dense weights, tiny problems (`T * E * I * D <= DENSE_MACS`): every expert on every token,
   weighted by a dense `[T, E]` routing matrix (zero for unchosen experts);
 * dense weights, larger ones: token-expert pairs sorted by expert on the device, each
@@ -21,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ... import native
 from ...linear import expert_linear, linear
 from ...quant import QuantizedWeight
 
@@ -61,6 +64,9 @@ def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: Qua
         ids = ids.long()
     if not w1.fmt == w3.fmt == w2.fmt == "dense":
         return _stored(x, ids, weights, w1, w3, w2, limit)
+    out = native.moe_experts(x, ids, weights, w1.data, w3.data, w2.data, limit)
+    if out is not None:
+        return out
     experts = w1.shape[0]
     if x.shape[0] * w1.data[0].numel() * experts <= DENSE_MACS:
         return _dense(x, ids, weights, w1.data, w3.data, w2.data, limit)
