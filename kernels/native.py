@@ -132,6 +132,15 @@ static float dot(const float *a, const float *b, int64_t len) {
     return sum;
 }
 
+/* rotate pairs (tail[2i], tail[2i+1]) by rot[i] = (cos, sin) */
+static void rotate(float *tail, const float *rot, int64_t half) {
+    for (int64_t i = 0; i < half; i++) {
+        float re = tail[2 * i], im = tail[2 * i + 1], c = rot[2 * i], sn = rot[2 * i + 1];
+        tail[2 * i] = re * c - im * sn;
+        tail[2 * i + 1] = re * sn + im * c;
+    }
+}
+
 void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float *fn, const float *scale,
                    const float *base, float norm_eps, float eps, int64_t iters, float *collapsed, float *post,
                    float *comb) {
@@ -166,7 +175,8 @@ void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float 
 
 /* ---- sparse attention with a sink for a few queries, as kernels.sparse_attention:
    each query's used rows of the window list (idx) and the extra list (eidx): j < length and
-   index >= 0; one softmax per head over their scores and the sink. */
+   index >= 0; one softmax per head over their scores and the sink; with `rope`, each output's
+   trailing 2 * half channels rotated by the query's rope[t] (the inverse rotation). */
 #define MAX_ROWS 4096
 
 static void axpy(float *y, float a, const float *x, int64_t len) {
@@ -192,7 +202,8 @@ static int64_t used_rows(const float *pool, const int64_t *idx, int64_t length, 
 /* returns 0 when a query lists more than MAX_ROWS rows (the caller then uses torch) */
 int banyan_sparse_attention(const float *q, int64_t t, int64_t h, int64_t d, const float *kv, const int64_t *idx,
                             const int64_t *len, int64_t ks, const float *extra, const int64_t *eidx,
-                            const int64_t *elen, int64_t kx, const float *sink, float scale, float *out) {
+                            const int64_t *elen, int64_t kx, const float *sink, float scale, const float *rope,
+                            int64_t half, float *out) {
     if (ks + kx > MAX_ROWS) return 0;
     const float *rows[MAX_ROWS];
     float score[MAX_ROWS];
@@ -210,6 +221,7 @@ int banyan_sparse_attention(const float *q, int64_t t, int64_t h, int64_t d, con
             for (int64_t j = 0; j < n; j++) total += score[j] = expf(score[j] - top);
             memset(oh, 0, d * sizeof(float));
             for (int64_t j = 0; j < n; j++) axpy(oh, score[j] / total, rows[j], d);
+            if (rope) rotate(oh + d - 2 * half, rope + i * half * 2, half);
         }
     }
     return 1;
@@ -238,6 +250,22 @@ void banyan_moe_experts(const float *x, int64_t t, int64_t d, int64_t inter, con
             float w = weights[i * k + c];
             for (int64_t j = 0; j < d; j++) oi[j] += w * dot(down + j * inter, h, inter);
         }
+    }
+}
+
+/* ---- RMS norm (times weight, when given) then RoPE of the trailing 2 * half channels of each
+   of `rows` rows of d (`per_token` rows share token r / per_token's rotation, rope[t][i] =
+   (cos, sin)); row r goes to out[dest[r]] (skipped when dest[r] < 0), or to out[r] without dest */
+void banyan_norm_rope(const float *x, int64_t rows, int64_t d, int64_t per_token, const float *weight, float eps,
+                      const float *rope, int64_t half, float *out, const int64_t *dest) {
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t to = dest ? dest[r] : r;
+        if (to < 0) continue;
+        const float *xr = x + r * d, *rot = rope + (r / per_token) * half * 2;
+        float *o = out + to * d;
+        float inv = 1.0f / sqrtf(dot(xr, xr, d) / (float)d + eps);
+        for (int64_t j = 0; j < d; j++) o[j] = weight ? xr[j] * inv * weight[j] : xr[j] * inv;
+        rotate(o + d - 2 * half, rot, half);
     }
 }
 
@@ -432,10 +460,12 @@ def library() -> ctypes.CDLL | None:
                                   ptr]
     lib.banyan_hc_pre.restype = None
     lib.banyan_sparse_attention.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr,
-                                            ctypes.c_float, ptr]
+                                            ctypes.c_float, ptr, i64, ptr]
     lib.banyan_sparse_attention.restype = ctypes.c_int
     lib.banyan_moe_experts.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_float, ptr]
     lib.banyan_moe_experts.restype = None
+    lib.banyan_norm_rope.argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_float, ptr, i64, ptr, ptr]
+    lib.banyan_norm_rope.restype = None
     return lib
 
 
@@ -475,15 +505,18 @@ ATTENTION_MAX_QUERIES = 16  # queries up to which the native attention beats tor
 
 def sparse_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor,
                      sink: torch.Tensor, scale: float, extra: torch.Tensor | None = None,
-                     extra_indices: torch.Tensor | None = None, extra_lengths: torch.Tensor | None = None
-                     ) -> torch.Tensor | None:
+                     extra_indices: torch.Tensor | None = None, extra_lengths: torch.Tensor | None = None,
+                     inv_rope: torch.Tensor | None = None) -> torch.Tensor | None:
     """`kernels.sparse_attention.sparse_attention` over fp32 CPU pools for up to
-    `ATTENTION_MAX_QUERIES` queries, in one call; None where the native path does not apply."""
+    `ATTENTION_MAX_QUERIES` queries, in one call, with `inv_rope [T, rd/2]` (complex) rotating each
+    output's trailing channels when given; None where the native path does not apply."""
     lib = library()
     tensors = [q, kv, sink] + ([extra] if extra is not None else [])
     if (lib is None or not 0 < q.shape[0] <= ATTENTION_MAX_QUERIES or q.dim() != 3
-            or any(a.device.type != "cpu" or a.dtype != torch.float32 or not a.is_contiguous() for a in tensors)):
+            or any(a.device.type != "cpu" or a.dtype != torch.float32 or not a.is_contiguous() for a in tensors)
+            or (inv_rope is not None and (inv_rope.dtype != torch.complex64 or inv_rope.device.type != "cpu"))):
         return None
+    table = None if inv_rope is None else torch.view_as_real(inv_rope.resolve_conj()).contiguous()  # [T, rd/2, 2]
     t, h, d = q.shape
     out = q.new_empty(t, h, d)
     idx, lens = _int64(indices), _int64(lengths)
@@ -495,8 +528,34 @@ def sparse_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, l
     done = lib.banyan_sparse_attention(q.data_ptr(), t, h, d, kv.data_ptr(), idx.data_ptr(), lens.data_ptr(),
                                        idx.shape[1], eptr, None if eidx is None else eidx.data_ptr(),
                                        None if elens is None else elens.data_ptr(), kx, sink.data_ptr(), scale,
-                                       out.data_ptr())
+                                       None if table is None else table.data_ptr(),
+                                       0 if inv_rope is None else inv_rope.shape[-1], out.data_ptr())
     return out if done else None
+
+
+PROLOGUE_MAX_TOKENS = 16  # tokens up to which the native norm + RoPE beats torch's ops
+
+
+def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: torch.Tensor,
+              pool: torch.Tensor | None = None, slots: torch.Tensor | None = None) -> torch.Tensor | None:
+    """RMS norm of fp32 CPU `x [T, ..., D]` over D (times `weight [D]`), then RoPE of the
+    trailing channels by the complex `rope [T, rd/2]`, for up to `PROLOGUE_MAX_TOKENS` tokens in
+    one call: into a new tensor, or written to the rows `slots [T]` of `pool [S, D]` (-1: skipped;
+    `x` then `[T, D]`). None where the native path does not apply."""
+    lib = library()
+    if (lib is None or not 0 < x.shape[0] <= PROLOGUE_MAX_TOKENS or rope.dtype != torch.complex64
+            or x.device.type != "cpu" or x.dtype != torch.float32 or rope.device.type != "cpu"
+            or (weight is not None and (weight.dtype != torch.float32 or weight.device.type != "cpu"))
+            or (pool is not None and (pool.dtype != torch.float32 or not pool.is_contiguous() or x.dim() != 2))):
+        return None
+    x, d = x.contiguous(), x.shape[-1]
+    rows = x.numel() // d
+    table = torch.view_as_real(rope.resolve_conj()).contiguous()  # [T, rd/2, 2] (cos, sin)
+    out = x.new_empty(x.shape) if pool is None else pool
+    dest = None if slots is None else _int64(slots)
+    lib.banyan_norm_rope(x.data_ptr(), rows, d, rows // x.shape[0], None if weight is None else weight.contiguous().data_ptr(),
+                         eps, table.data_ptr(), rope.shape[-1], out.data_ptr(), None if dest is None else dest.data_ptr())
+    return out
 
 
 MOE_MAX_TOKENS = 16  # tokens up to which the native experts beat torch's dense strategy

@@ -20,8 +20,8 @@ query with no such row attends to the sink only (output 0).
 The reference gathers each query's rows of each list (`[T, K, D]`), scores them with one
 batched matmul per list, takes one softmax over both lists and a sink column, and sums
 the rows with the probabilities, in fp32 on CPU (the model dtype elsewhere). Queries run
-in chunks so that the gathered rows stay within `ROW_BUDGET` bytes. A few fp32 queries on CPU
-(decode) run as one call of a C loop over their rows instead (`kernels.native`).
+in chunks so that the gathered rows stay within `ROW_BUDGET` bytes. (On CPU the torch backend
+runs a few fp32 queries, decode, through `kernels.native.sparse_attention` instead.)
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-
-from . import native
 
 ROW_BUDGET = 4 << 20  # bytes of gathered rows per query chunk (cache-sized: fastest on CPU)
 
@@ -77,13 +75,6 @@ def _attend(q: torch.Tensor, rows: list[torch.Tensor], biases: list[torch.Tensor
 def sparse_attention(q: torch.Tensor, kv: torch.Tensor, index: KVIndex, sink: torch.Tensor, scale: float,
                      extra: torch.Tensor | None = None, extra_index: KVIndex | None = None) -> torch.Tensor:
     """Attention of each query over its listed rows plus the sink; see the module docstring."""
-    if extra_index is None:
-        out = native.sparse_attention(q, kv, index.indices, index.lengths, sink, scale)
-    else:
-        out = native.sparse_attention(q, kv, index.indices, index.lengths, sink, scale, extra, extra_index.indices,
-                                      extra_index.lengths)
-    if out is not None:
-        return out
     t, h, d = q.shape
     dtype = torch.float32 if q.device.type == "cpu" else q.dtype
     lists = [(kv, index)] + ([(extra, extra_index)] if extra_index is not None else [])

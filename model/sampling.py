@@ -148,10 +148,13 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SampleResult:
     tops: list[list[tuple[int, float]]] = [[] for _ in rows]
     scored = [i for i, row in enumerate(rows) if row.logprob or row.top_logprobs]
     if scored:
-        index = torch.tensor(scored, device=logits.device)
-        rows_logits = logits[index]
+        if len(scored) == len(rows):  # every row (steady decode): no copy of the logits
+            rows_logits, picked = logits, tokens
+        else:
+            index = torch.tensor(scored, device=logits.device)
+            rows_logits, picked = logits[index], tokens[index]
         log_norm = torch.logsumexp(rows_logits, dim=-1)
-        chosen = (rows_logits.gather(1, tokens[index][:, None])[:, 0] - log_norm).tolist()
+        chosen = (rows_logits.gather(1, picked[:, None])[:, 0] - log_norm).tolist()
         for i, value in zip(scored, chosen):
             logprobs[i] = value
         k = max(rows[i].top_logprobs for i in scored)

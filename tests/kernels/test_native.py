@@ -5,6 +5,8 @@ import torch
 
 from banyan.kernels import mhc, native
 from banyan.kernels.mhc import TOKENS_LAST_MIN
+from banyan.kernels.norm import rms_norm
+from banyan.kernels.rope import apply_rope_, rope_inv_freq, rope_table
 
 
 @pytest.fixture
@@ -126,3 +128,21 @@ def test_native_hc_pre_declines_what_it_does_not_take():
     for streams in (torch.randn(native.HC_PRE_MAX_TOKENS + 1, n, d), torch.randn(2, n, d).double(),
                     torch.randn(0, n, d)):
         assert native.hc_pre(streams, fn, scale, base, 1e-6, 1e-6, 20) is None
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_native_norm_rope_matches_norm_then_rope(weighted):
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    gen = torch.Generator().manual_seed(11)
+    x, weight = torch.randn(3, 4, 40, generator=gen), torch.randn(40, generator=gen) if weighted else None
+    table = rope_table(torch.tensor([0, 5, 900]), rope_inv_freq(16, 10000.0))  # [T, 8]
+    want = apply_rope_(rms_norm(x, weight, 1e-6), table)
+    torch.testing.assert_close(native.norm_rope(x, weight, 1e-6, table), want, atol=1e-5, rtol=1e-5)
+
+    pool = torch.full((6, 40), 7.0)  # the paged-insert form: token t's row to pool[slots[t]]
+    rows = x[:, 0]
+    native.norm_rope(rows, weight, 1e-6, table, pool, torch.tensor([4, -1, 1]))
+    expected = apply_rope_(rms_norm(rows, weight, 1e-6), table)
+    torch.testing.assert_close(pool[[4, 1]], expected[[0, 2]], atol=1e-5, rtol=1e-5)
+    assert torch.equal(pool[[0, 2, 3, 5]], torch.full((4, 40), 7.0))  # -1: nothing written

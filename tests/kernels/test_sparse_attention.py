@@ -5,6 +5,7 @@ import torch
 
 from banyan.kernels import native
 from banyan.kernels import sparse_attention as sa
+from banyan.kernels.rope import apply_rope_, rope_inv_freq, rope_table
 from banyan.kernels.sparse_attention import KVIndex, sparse_attention
 
 
@@ -35,17 +36,7 @@ def ragged_case(gen, t=6, h=4, d=32, pool=50, ks=9, kx=5):
     return q, kv, index, torch.randn(h, generator=gen), extra, extra_index
 
 
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """A few fp32 CPU queries run through the native loop; "torch": through the batched matmuls."""
-    if request.param == "torch":
-        monkeypatch.setattr(native, "sparse_attention", lambda *a: None)
-    elif native.library() is None:
-        pytest.skip("no C compiler here")
-    return request.param
-
-
-def test_matches_the_formula_with_holes_ragged_lengths_and_sink_only_rows(path):
+def test_matches_the_formula_with_holes_ragged_lengths_and_sink_only_rows():
     gen = torch.Generator().manual_seed(0)
     q, kv, index, sink, extra, extra_index = ragged_case(gen)
     out = sparse_attention(q, kv, index, sink, 0.2, extra, extra_index)
@@ -57,7 +48,6 @@ def test_matches_the_formula_with_holes_ragged_lengths_and_sink_only_rows(path):
 
 
 def test_query_chunks_give_the_same_result(monkeypatch):
-    monkeypatch.setattr(native, "sparse_attention", lambda *a: None)  # the torch path chunks
     gen = torch.Generator().manual_seed(1)
     q, kv, index, sink, extra, extra_index = ragged_case(gen)
     whole = sparse_attention(q, kv, index, sink, 0.2, extra, extra_index)
@@ -78,12 +68,28 @@ def test_low_precision_inputs_score_in_fp32(dtype):
     assert torch.allclose(out.double(), expected, atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
-def test_empty_extra_list_is_the_window_alone(path):
+def test_empty_extra_list_is_the_window_alone():
     gen = torch.Generator().manual_seed(3)
     q, kv, index, sink, extra, _ = ragged_case(gen)
     none = KVIndex(torch.empty(q.shape[0], 0, dtype=torch.long), torch.zeros(q.shape[0], dtype=torch.long))
     assert torch.allclose(sparse_attention(q, kv, index, sink, 0.2, extra, none),
                           sparse_attention(q, kv, index, sink, 0.2), atol=1e-6)
+
+
+@pytest.mark.parametrize("inverse_rope", [False, True])
+def test_native_attention_matches_the_formula(inverse_rope):
+    """What the torch backend runs for a few fp32 CPU queries: the formula, then the inverse RoPE."""
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    gen = torch.Generator().manual_seed(5)
+    q, kv, index, sink, extra, extra_index = ragged_case(gen)
+    table = rope_table(torch.arange(q.shape[0]) * 7, rope_inv_freq(8, 10000.0)).conj_physical() if inverse_rope else None
+    for lists in ((), (extra, extra_index.indices, extra_index.lengths)):
+        got = native.sparse_attention(q, kv, index.indices, index.lengths, sink, 0.2, *lists, inv_rope=table)
+        want = reference(q, kv, index, sink, 0.2, *((extra, extra_index) if lists else ())).float()
+        if table is not None:
+            want = apply_rope_(want, table)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_native_attention_declines_what_it_does_not_take():

@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 
 from ... import indexer as indexer_ref
+from ... import native
 from ... import sparse_attention as attention_ref
 from ...compress import softmax_pool
 from ...indexer import QueryGroup
@@ -41,6 +42,10 @@ def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Te
     kv, index = _float_pool(kv, index)
     if extra is not None:
         extra, extra_index = _float_pool(extra, extra_index)
+    lists = () if extra_index is None else (extra, extra_index.indices, extra_index.lengths)
+    out = native.sparse_attention(q, kv, index.indices, index.lengths, sink, scale, *lists, inv_rope=inv_rope)
+    if out is not None:  # a few fp32 CPU queries: one native call, the inverse RoPE included
+        return out
     out = attention_ref.sparse_attention(q, kv, index, sink, scale, extra, extra_index)
     return apply_rope_(out, inv_rope) if inv_rope is not None else out
 
@@ -63,6 +68,10 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, grou
 
 def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: torch.Tensor | None) -> torch.Tensor:
     """RMS norm over the last dim of `x [T, H, D]` (weighted or not), then RoPE of its trailing dims."""
+    if rope is not None:
+        out = native.norm_rope(x, weight, eps, rope)
+        if out is not None:
+            return out
     y = rms_norm(x, weight, eps)
     return apply_rope_(y, rope) if rope is not None else y
 
@@ -71,6 +80,8 @@ def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Te
               slots: torch.Tensor, qdq: bool = False) -> None:
     """`kv [T, D]` -> kv_norm -> RoPE -> (official FP8 QDQ of the no-RoPE dims) -> `pool[slots]`
     (slot -1: padding, not written). An FP8 pool always quantises."""
+    if not qdq and isinstance(pool, torch.Tensor) and native.norm_rope(kv, weight, eps, rope, pool, slots) is not None:
+        return
     _write_entries(apply_rope_(rms_norm(kv, weight, eps), rope), 2 * rope.shape[-1], pool, slots, qdq)
 
 
