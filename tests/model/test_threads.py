@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from banyan.kernels import native
 from banyan.model import threads
 from banyan.model.kv_cache import CacheShape
 from banyan.model.parallel import SINGLE
@@ -18,6 +19,7 @@ def four_cores(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "DEFAULT_THREADS", 4)
     monkeypatch.setattr(threads, "_process_rule", None)
+    monkeypatch.setattr(native, "_max_threads", native._max_threads)
     yield
     torch.set_num_threads(before)
 
@@ -38,6 +40,8 @@ def test_a_loaded_shard_sets_each_steps_threads(tiny_official, four_cores, reque
     threads.for_step(1)
     assert torch.get_num_threads() == small
     assert threads.describe() == ("1 per step, 4 for steps attending to >= 2^25 pairs" if requested == 0 else "2")
+    assert native._threads(native.STREAM_MIN_BYTES) == big  # big native calls split over the same cores
+    assert native._threads(native.STREAM_MIN_BYTES - 1) == 1
 
 
 def test_the_runner_sets_threads_by_the_pairs_its_step_attends(tiny_model, four_cores, monkeypatch):
