@@ -76,8 +76,23 @@ _SOURCE = r"""
 #define ROW_BLOCK 4
 #define MAX_THREADS 64
 
-typedef float panel_f32 __attribute__((vector_size(PANEL * 4)));
-typedef uint32_t panel_u32 __attribute__((vector_size(PANEL * 4)));
+/* The machine's vector registers: a PANEL of 16 floats is PV of them. A vector type wider than
+   the registers is lowered through memory (on AVX2, a 64-byte vector ran the indexer ~8x slower),
+   so each panel is an array of register-wide vectors; every sum keeps the panel's lane order,
+   so results do not depend on the width. */
+#if defined(__AVX512F__)
+#define VEC 16
+#elif defined(__AVX__)
+#define VEC 8
+#else
+#define VEC 4
+#endif
+#define PV (PANEL / VEC)
+typedef float vec_f32 __attribute__((vector_size(VEC * 4)));
+typedef uint32_t vec_u32 __attribute__((vector_size(VEC * 4)));
+
+/* lane l of a panel held as PV vectors */
+#define LANE(panel, l) ((panel)[(l) / VEC][(l) % VEC])
 
 /* Normalise the lines of LANES interleaved n x n matrices, m[(i*n + j)*LANES + lane]:
    columns (stride_line = 1, stride_elem = n) or rows (n, 1). */
@@ -119,15 +134,16 @@ void banyan_sinkhorn_f32(float *x, int64_t t, int64_t n, float eps, int64_t iter
 /* ---- mHC's pre-block mix for a few tokens, as kernels.mhc.hc_pre:
    x [T, n*D] -> collapsed [T, D], post [T, n], comb [T, n, n] (Sinkhorn-normalised) */
 static float dot(const float *a, const float *b, int64_t len) {
-    panel_f32 acc = {0}, av, bv;
+    vec_f32 acc[PV] = {{0}}, av, bv;
     int64_t i = 0;
-    for (; i + PANEL <= len; i += PANEL) {
-        memcpy(&av, a + i, sizeof av);
-        memcpy(&bv, b + i, sizeof bv);
-        acc += av * bv;
-    }
+    for (; i + PANEL <= len; i += PANEL)
+        for (int v = 0; v < PV; v++) {
+            memcpy(&av, a + i + v * VEC, sizeof av);
+            memcpy(&bv, b + i + v * VEC, sizeof bv);
+            acc[v] += av * bv;
+        }
     float sum = 0.0f;
-    for (int l = 0; l < PANEL; l++) sum += acc[l];
+    for (int l = 0; l < PANEL; l++) sum += LANE(acc, l);
     for (; i < len; i++) sum += a[i] * b[i];
     return sum;
 }
@@ -180,10 +196,10 @@ void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float 
 #define MAX_ROWS 4096
 
 static void axpy(float *y, float a, const float *x, int64_t len) {
-    panel_f32 av = {0}, xv, yv;
+    vec_f32 av = {0}, xv, yv;
     av += a;
     int64_t i = 0;
-    for (; i + PANEL <= len; i += PANEL) {
+    for (; i + VEC <= len; i += VEC) {
         memcpy(&xv, x + i, sizeof xv);
         memcpy(&yv, y + i, sizeof yv);
         yv += av * xv;
@@ -272,12 +288,27 @@ void banyan_norm_rope(const float *x, int64_t rows, int64_t d, int64_t per_token
 /* ---- bf16-weight GEMV: y[r][v] = sum_k x[r][k] * w[v][k], w packed as p[v / PANEL][k][v % PANEL] */
 
 
-static inline panel_f32 load_bf16(const uint16_t *p) {
-    panel_u32 u;
-    for (int l = 0; l < PANEL; l++) u[l] = (uint32_t)p[l] << 16;
-    panel_f32 f;
+static inline vec_f32 load_bf16(const uint16_t *p) {
+    vec_u32 u;
+    for (int l = 0; l < VEC; l++) u[l] = (uint32_t)p[l] << 16;
+    vec_f32 f;
     memcpy(&f, &u, sizeof f);
     return f;
+}
+
+/* `rb` rows of x times one panel into y; inlined with a constant `rb`, so the accumulators
+   stay in registers (a run-time row count sends them to the stack on every step). */
+static inline __attribute__((always_inline)) void gemv_block(const float *xr, int rb, int64_t k,
+                                                             const uint16_t *panel, float *y, int64_t v,
+                                                             int64_t width) {
+    vec_f32 acc[ROW_BLOCK][PV] = {{{0}}};
+    for (int64_t j = 0; j < k; j++)
+        for (int c = 0; c < PV; c++) {
+            vec_f32 w = load_bf16(panel + j * PANEL + c * VEC);
+            for (int r = 0; r < rb; r++) acc[r][c] += xr[r * k + j] * w;
+        }
+    for (int r = 0; r < rb; r++)
+        for (int64_t l = 0; l < width; l++) y[r * v + l] = LANE(acc[r], l);
 }
 
 static void gemv_panels(const float *x, int64_t rows, int64_t k, const uint16_t *p, int64_t v, float *y,
@@ -286,15 +317,14 @@ static void gemv_panels(const float *x, int64_t rows, int64_t k, const uint16_t 
         const uint16_t *panel = p + pi * k * PANEL;
         int64_t v0 = pi * PANEL, width = v - v0 < PANEL ? v - v0 : PANEL;
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-            int64_t rb = rows - r0 < ROW_BLOCK ? rows - r0 : ROW_BLOCK;
             const float *xr = x + r0 * k;
-            panel_f32 acc[ROW_BLOCK] = {0};
-            for (int64_t j = 0; j < k; j++) {
-                panel_f32 w = load_bf16(panel + j * PANEL);
-                for (int64_t r = 0; r < rb; r++) acc[r] += xr[r * k + j] * w;
+            float *yr = y + r0 * v + v0;
+            switch (rows - r0 < ROW_BLOCK ? rows - r0 : ROW_BLOCK) {
+                case 1: gemv_block(xr, 1, k, panel, yr, v, width); break;
+                case 2: gemv_block(xr, 2, k, panel, yr, v, width); break;
+                case 3: gemv_block(xr, 3, k, panel, yr, v, width); break;
+                default: gemv_block(xr, ROW_BLOCK, k, panel, yr, v, width);
             }
-            for (int64_t r = 0; r < rb; r++)
-                for (int64_t l = 0; l < width; l++) y[(r0 + r) * v + v0 + l] = acc[r][l];
         }
     }
 }
@@ -338,12 +368,6 @@ void banyan_bf16_gemv(const float *x, int64_t rows, int64_t k, const uint16_t *p
    independent accumulator chains in flight. */
 #define KEY_BLOCK 8
 
-static float head_sum(const float *wi, const panel_f32 acc) {
-    float score = 0.0f;
-    for (int l = 0; l < PANEL; l++) score += wi[l] * (acc[l] > 0.0f ? acc[l] : 0.0f);
-    return score;
-}
-
 static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, const float *keys, const int64_t *ci,
                        float *oi, int64_t first, int64_t last) {
     for (int64_t w0 = first; w0 < last; w0 += KEY_BLOCK) {
@@ -353,12 +377,17 @@ static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, c
         float score[KEY_BLOCK] = {0};
         int64_t h0 = 0;
         for (; h0 + PANEL <= h; h0 += PANEL) {
-            panel_f32 acc[KEY_BLOCK] = {0}, qv;
-            for (int64_t j = 0; j < d; j++) {
-                memcpy(&qv, qi + j * h + h0, sizeof qv);
-                for (int b = 0; b < KEY_BLOCK; b++) acc[b] += qv * key[b][j];
+            float panel_sum[KEY_BLOCK] = {0};  /* a panel's 16 heads summed in lane order */
+            for (int64_t c = h0; c < h0 + PANEL; c += VEC) {
+                vec_f32 acc[KEY_BLOCK] = {{0}}, qv;
+                for (int64_t j = 0; j < d; j++) {
+                    memcpy(&qv, qi + j * h + c, sizeof qv);
+                    for (int b = 0; b < KEY_BLOCK; b++) acc[b] += qv * key[b][j];
+                }
+                for (int64_t b = 0; b < nb; b++)
+                    for (int l = 0; l < VEC; l++) panel_sum[b] += wi[c + l] * (acc[b][l] > 0.0f ? acc[b][l] : 0.0f);
             }
-            for (int64_t b = 0; b < nb; b++) score[b] += head_sum(wi + h0, acc[b]);
+            for (int64_t b = 0; b < nb; b++) score[b] += panel_sum[b];
         }
         for (; h0 < h; h0++)
             for (int64_t b = 0; b < nb; b++) {

@@ -77,7 +77,7 @@ def _bf16_weight(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).bfloat16().float()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 9])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_bf16_gemv_matches_the_fp32_product(rows, threads, split_over):
     if native.library() is None:
