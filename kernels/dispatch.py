@@ -181,6 +181,13 @@ def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: Qua
     return _impl("moe", "fused_moe", x.device)(x, ids, weights, w1, w3, w2, limit)
 
 
+def shared_expert(x: torch.Tensor, w1: QuantizedWeight | torch.Tensor, w3: QuantizedWeight | torch.Tensor,
+                  w2: QuantizedWeight | torch.Tensor, limit: float) -> torch.Tensor:
+    """The shared expert `W2(swiglu(W1 x, W3 x))`: `x [T, D]`, `w1 / w3 [I, D]`, `w2 [D, I]` (a plain
+    tensor is dense) -> `[T, D]` in x's dtype."""
+    return _impl("moe", "shared_expert", x.device)(x, w1, w3, w2, limit)
+
+
 def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_scale: float,
           tid2eid: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
           ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,9 +95,12 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
 def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,
             comb: torch.Tensor) -> torch.Tensor:
     """`Y[t, k] = post[t, k] * out[t] + sum_j comb[t, j, k] * X[t, j]`."""
+    mixed = native.hc_post(block_out, streams, post, comb)
+    if mixed is not None:
+        return mixed
     dtype = streams.dtype
-    spread = post.to(dtype).unsqueeze(-1) * block_out.unsqueeze(1)  # [T, n, D]
-    return torch.baddbmm(spread, comb.to(dtype).transpose(1, 2), streams)
+    spread = _as(post, dtype).unsqueeze(-1) * block_out.unsqueeze(1)  # [T, n, D]
+    return torch.baddbmm(spread, _as(comb, dtype).transpose(1, 2), streams)
 
 
 def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
@@ -109,4 +112,9 @@ def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float32 else x.float()
+    return _as(x, torch.float32)
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x.to(dtype)` without the op call when it is a no-op (each costs microseconds at batch 1)."""
+    return x if x.dtype == dtype else x.to(dtype)

@@ -75,6 +75,7 @@ _SOURCE = r"""
 #define PANEL 16
 #define ROW_BLOCK 4
 #define MAX_THREADS 64
+#define MAX_EXPERTS 1024
 
 /* The machine's vector registers: a PANEL of 16 floats is PV of them. A vector type wider than
    the registers is lowered through memory (on AVX2, a 64-byte vector ran the indexer ~8x slower),
@@ -243,6 +244,20 @@ int banyan_sparse_attention(const float *q, int64_t t, int64_t h, int64_t d, con
     return 1;
 }
 
+/* ---- mHC's post-block mix, as kernels.mhc.hc_post:
+   y[t][k] = post[t][k] * out[t] + sum_j comb[t][j][k] * x[t][j]  (x, y [T, n, D]; out [T, D]) */
+void banyan_hc_post(const float *out, const float *x, const float *post, const float *comb, int64_t t, int64_t n,
+                    int64_t d, float *y) {
+    for (int64_t i = 0; i < t; i++)
+        for (int64_t k = 0; k < n; k++) {
+            float *yk = y + (i * n + k) * d;
+            const float *c = comb + i * n * n + k, p = post[i * n + k];
+            memset(yk, 0, d * sizeof(float));
+            for (int64_t j = 0; j < n; j++) axpy(yk, c[j * n], x + (i * n + j) * d, d);
+            axpy(yk, p, out + i * d, d);
+        }
+}
+
 /* ---- routed experts for a few tokens, as kernels.triton.ref.moe.fused_moe (dense weights):
    out[t] = sum_k weights[t][k] * W2_e(silu(min(W1_e x, limit)) * clamp(W3_e x, +-limit)), e = ids[t][k] */
 #define MAX_INTER 8192
@@ -269,6 +284,41 @@ void banyan_moe_experts(const float *x, int64_t t, int64_t d, int64_t inter, con
     }
 }
 
+/* ---- MoE routing, as kernels.triton.ref.moe.route: scores = sqrt(softplus(logits)) (softplus
+   is x above 20, as torch's); experts = the top-k of scores + bias, or hash[tokens[t]] on hash
+   layers; weights = the chosen scores / (their sum + 1e-20) * scale. Returns 0 (having written
+   nothing) when a token is outside the hash table's `vocab` rows. */
+int banyan_route(const float *logits, int64_t t, int64_t e, const float *bias, const int64_t *hash, int64_t vocab,
+                 const int64_t *tokens, int64_t k, float scale, int64_t *ids, float *weights) {
+    float score[MAX_EXPERTS];
+    for (int64_t i = 0; hash && i < t; i++)
+        if (tokens[i] < 0 || tokens[i] >= vocab) return 0;
+    for (int64_t i = 0; i < t; i++) {
+        const float *li = logits + i * e;
+        int64_t *ii = ids + i * k;
+        float *wi = weights + i * k;
+        for (int64_t x = 0; x < e; x++) score[x] = sqrtf(li[x] > 20.0f ? li[x] : log1pf(expf(li[x])));
+        if (hash) {
+            for (int64_t c = 0; c < k; c++) ii[c] = hash[tokens[i] * k + c];
+        } else {  /* insertion into the k best so far, best first; a tie keeps the lower expert */
+            float best[MAX_EXPERTS];
+            int64_t n = 0;
+            for (int64_t x = 0; x < e; x++) {
+                float v = score[x] + bias[x];
+                if (n == k && !(v > best[k - 1])) continue;
+                int64_t at = n < k ? n++ : k - 1;
+                while (at > 0 && v > best[at - 1]) { best[at] = best[at - 1]; ii[at] = ii[at - 1]; at--; }
+                best[at] = v;
+                ii[at] = x;
+            }
+        }
+        float sum = 0.0f;
+        for (int64_t c = 0; c < k; c++) sum += wi[c] = score[ii[c]];
+        for (int64_t c = 0; c < k; c++) wi[c] = wi[c] / (sum + 1e-20f) * scale;
+    }
+    return 1;
+}
+
 /* ---- RMS norm (times weight, when given) then RoPE of the trailing 2 * half channels of each
    of `rows` rows of d (`per_token` rows share token r / per_token's rotation, rope[t][i] =
    (cos, sin)); row r goes to out[dest[r]] (skipped when dest[r] < 0), or to out[r] without dest */
@@ -277,11 +327,11 @@ void banyan_norm_rope(const float *x, int64_t rows, int64_t d, int64_t per_token
     for (int64_t r = 0; r < rows; r++) {
         int64_t to = dest ? dest[r] : r;
         if (to < 0) continue;
-        const float *xr = x + r * d, *rot = rope + (r / per_token) * half * 2;
+        const float *xr = x + r * d;
         float *o = out + to * d;
         float inv = 1.0f / sqrtf(dot(xr, xr, d) / (float)d + eps);
         for (int64_t j = 0; j < d; j++) o[j] = weight ? xr[j] * inv * weight[j] : xr[j] * inv;
-        rotate(o + d - 2 * half, rot, half);
+        if (rope) rotate(o + d - 2 * half, rope + (r / per_token) * half * 2, half);
     }
 }
 
@@ -493,6 +543,10 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_sparse_attention.restype = ctypes.c_int
     lib.banyan_moe_experts.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_float, ptr]
     lib.banyan_moe_experts.restype = None
+    lib.banyan_route.argtypes = [ptr, i64, i64, ptr, ptr, i64, ptr, i64, ctypes.c_float, ptr, ptr]
+    lib.banyan_route.restype = ctypes.c_int
+    lib.banyan_hc_post.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
+    lib.banyan_hc_post.restype = None
     lib.banyan_norm_rope.argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_float, ptr, i64, ptr, ptr]
     lib.banyan_norm_rope.restype = None
     return lib
@@ -527,6 +581,21 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
     lib.banyan_hc_pre(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps, iters,
                       collapsed.data_ptr(), post.data_ptr(), comb.data_ptr())
     return collapsed, post, comb
+
+
+def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,
+            comb: torch.Tensor) -> torch.Tensor | None:
+    """`kernels.mhc.hc_post` for up to `HC_PRE_MAX_TOKENS` fp32 CPU tokens in one call (`block_out
+    [T, D]`, `streams [T, n, D]`, `post [T, n]`, `comb [T, n, n]`); None where it does not apply."""
+    lib = library()
+    t, n, d = streams.shape
+    if (lib is None or streams.device.type != "cpu" or not 0 < t <= HC_PRE_MAX_TOKENS
+            or any(a.dtype != torch.float32 for a in (block_out, streams, post, comb))):
+        return None
+    out, x, post, comb = block_out.contiguous(), streams.contiguous(), post.contiguous(), comb.contiguous()
+    y = x.new_empty(t, n, d)
+    lib.banyan_hc_post(out.data_ptr(), x.data_ptr(), post.data_ptr(), comb.data_ptr(), t, n, d, y.data_ptr())
+    return y
 
 
 ATTENTION_MAX_QUERIES = 16  # queries up to which the native attention beats torch's batched matmuls
@@ -587,8 +656,36 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: to
     return out
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor | None:
+    """RMS norm over the last dim of up to `PROLOGUE_MAX_TOKENS` rows of fp32 CPU `x` (times the
+    fp32 `weight`, when given) in one call (torch's takes ~20 us at a [1, 64] row on a slow core);
+    None where it does not apply."""
+    lib = library()
+    d = x.shape[-1]
+    if (lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or d == 0
+            or not 0 < x.numel() // d <= PROLOGUE_MAX_TOKENS
+            or (weight is not None and (weight.dtype != torch.float32 or weight.device.type != "cpu"))):
+        return None
+    x = x.contiguous()
+    weight = None if weight is None else weight.contiguous()
+    out = x.new_empty(x.shape)
+    lib.banyan_norm_rope(x.data_ptr(), x.numel() // d, d, 1, None if weight is None else weight.data_ptr(), eps,
+                         None, 0, out.data_ptr(), None)
+    return out
+
+
 MOE_MAX_TOKENS = 16  # tokens up to which the native experts beat torch's dense strategy
 MAX_INTER = 8192  # largest expert intermediate size the native experts take
+
+
+def swiglu_mlp(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, limit: float
+               ) -> torch.Tensor | None:
+    """One dense SwiGLU expert every token takes (`w1 / w3 [I, D]`, `w2 [D, I]`): the routed
+    experts' loop with a single expert of weight 1; None where it does not apply."""
+    t = x.shape[0]
+    if not 0 < t <= MOE_MAX_TOKENS:
+        return None
+    return _experts(x, _ZERO_IDS[:t], _ONE_WEIGHTS[:t], 1, w1, w3, w2, limit)
 
 
 def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
@@ -596,17 +693,53 @@ def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: t
     """Routed experts over dense fp32 CPU weights for up to `MOE_MAX_TOKENS` tokens, each token
     through its own `k` experts only (`x [T, D]`, `ids / weights [T, k]`, `w1 / w3 [E, I, D]`,
     `w2 [E, D, I]`) -> `[T, D]` fp32; None where the native path does not apply."""
+    if not 0 < x.shape[0] <= MOE_MAX_TOKENS:
+        return None
+    return _experts(x, _int64(ids), weights.contiguous(), ids.shape[1], w1, w3, w2, limit)
+
+
+def _experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, k: int, w1: torch.Tensor, w3: torch.Tensor,
+             w2: torch.Tensor, limit: float) -> torch.Tensor | None:
+    """`banyan_moe_experts` over contiguous int64 `ids` / fp32 `weights` `[T, k]`; `w1 / w3 [..., I, D]`."""
     lib = library()
-    tensors = (x, weights, w1, w3, w2)
-    if (lib is None or not 0 < x.shape[0] <= MOE_MAX_TOKENS or w1.shape[1] > MAX_INTER
-            or any(a.device.type != "cpu" or a.dtype != torch.float32 for a in tensors)
+    if (lib is None or w1.shape[-2] > MAX_INTER
+            or any(a.device.type != "cpu" or a.dtype != torch.float32 for a in (x, weights, w1, w3, w2))
             or not all(w.is_contiguous() for w in (w1, w3, w2))):
         return None
-    x, ids, weights = x.contiguous(), _int64(ids), weights.contiguous()
+    x = x.contiguous()
     out = x.new_empty(x.shape)
-    lib.banyan_moe_experts(x.data_ptr(), x.shape[0], x.shape[1], w1.shape[1], ids.data_ptr(), weights.data_ptr(),
-                           ids.shape[1], w1.data_ptr(), w3.data_ptr(), w2.data_ptr(), limit, out.data_ptr())
+    lib.banyan_moe_experts(x.data_ptr(), x.shape[0], x.shape[1], w1.shape[-2], ids.data_ptr(), weights.data_ptr(),
+                           k, w1.data_ptr(), w3.data_ptr(), w2.data_ptr(), limit, out.data_ptr())
     return out
+
+
+_ZERO_IDS = torch.zeros(MOE_MAX_TOKENS, 1, dtype=torch.long)  # a single expert's routing, any T rows
+_ONE_WEIGHTS = torch.ones(MOE_MAX_TOKENS, 1)
+
+
+MAX_EXPERTS = 1024  # most routed experts the native router takes
+
+
+def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_scale: float,
+          tid2eid: torch.Tensor | None, input_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`kernels.triton.ref.moe.route` for up to `MOE_MAX_TOKENS` fp32 CPU rows of gate logits
+    `[T, E]` in one call: (ids `[T, k]` int64, best first; weights `[T, k]` fp32), or None where
+    the native path does not apply (a token outside `tid2eid` among them)."""
+    lib = library()
+    hashed = tid2eid is not None
+    if (lib is None or not 0 < logits.shape[0] <= MOE_MAX_TOKENS or not 0 < top_k <= logits.shape[1] <= MAX_EXPERTS
+            or logits.device.type != "cpu" or logits.dtype != torch.float32
+            or (not hashed and (bias is None or bias.dtype != torch.float32))
+            or (hashed and (tid2eid.shape[1] != top_k or input_ids.numel() != logits.shape[0]))):
+        return None
+    logits, bias = logits.contiguous(), None if hashed else bias.contiguous()
+    ids = torch.empty(logits.shape[0], top_k, dtype=torch.long)
+    weights = logits.new_empty(logits.shape[0], top_k)
+    hash_rows, tokens = (_int64(tid2eid), _int64(input_ids)) if hashed else (None, None)
+    done = lib.banyan_route(logits.data_ptr(), logits.shape[0], logits.shape[1], 0 if hashed else bias.data_ptr(),
+                            hash_rows.data_ptr() if hashed else 0, tid2eid.shape[0] if hashed else 0,
+                            tokens.data_ptr() if hashed else 0, top_k, route_scale, ids.data_ptr(), weights.data_ptr())
+    return (ids, weights) if done else None
 
 
 def pack_bf16_panels(weight: torch.Tensor) -> torch.Tensor | None:
@@ -654,4 +787,4 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, c
 
 
 def _int64(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.int64).contiguous()
+    return x if x.dtype == torch.int64 and x.is_contiguous() else x.to(torch.int64).contiguous()

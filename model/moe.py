@@ -9,7 +9,6 @@ from torch import nn
 
 from ..kernels import dispatch
 from ..kernels.quant import QuantizedWeight
-from ..kernels.triton.ref.moe import swiglu
 from .config import ModelConfig
 from .linear import Linear
 from .parallel import SINGLE, Parallel
@@ -30,7 +29,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (expert indices `[T, k]`, weights `[T, k]` fp32)."""
-        logits = F.linear(x.float(), self.weight.float())  # [T, E] fp32
+        logits = F.linear(_f32(x), _f32(self.weight))  # [T, E] fp32
         if self.hash_routed:
             return dispatch.route(logits, None, self.top_k, self.scale, self.tid2eid, input_ids)
         return dispatch.route(logits, self.bias, self.top_k, self.scale)
@@ -73,7 +72,15 @@ class SharedExpert(nn.Module):
         self.w2 = Linear(i, d, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(swiglu(self.w1(x), self.w3(x), self.limit).to(x.dtype))
+        return dispatch.shared_expert(x, _arg(self.w1), _arg(self.w3), _arg(self.w2), self.limit)
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()  # no op call when already fp32 (hot at batch 1)
+
+
+def _arg(w: Linear) -> QuantizedWeight | torch.Tensor:
+    return w.weight if w.quant is None else w.quantized()
 
 
 class MoE(nn.Module):

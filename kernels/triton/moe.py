@@ -23,6 +23,7 @@ import torch
 
 from ..quant import QuantizedWeight
 from ._compat import as_bytes, cast, check_device, dot_operand, e8m0_to_f32, triton, tl
+from .ref.moe import shared_expert  # noqa: F401  (three GEMMs through the dispatch: no kernel of its own)
 
 DENSE, FP8, FP4 = 0, 1, 2
 FORMAT_CODES = {"dense": DENSE, "fp8": FP8, "fp4": FP4}

@@ -46,6 +46,9 @@ def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_sca
     on hash layers; weights = the chosen scores normalised to `route_scale`.
     `logits`, `bias` fp32, `tid2eid [V, k]` int64. Returns (ids `[T, k]` int64, in no particular
     order; weights `[T, k]` fp32)."""
+    routed = native.route(logits, bias, top_k, route_scale, tid2eid, input_ids)  # a few CPU rows: one call
+    if routed is not None:
+        return routed
     scores = torch.sqrt(F.softplus(logits))  # logits and bias are fp32: no casts (each one an op per layer)
     if tid2eid is not None:
         ids = tid2eid[input_ids]
@@ -71,6 +74,21 @@ def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: Qua
     if x.shape[0] * w1.data[0].numel() * experts <= DENSE_MACS:
         return _dense(x, ids, weights, w1.data, w3.data, w2.data, limit)
     return _grouped(x, ids, weights, w1.data, w3.data, w2.data, limit)
+
+
+def shared_expert(x: torch.Tensor, w1: QuantizedWeight | torch.Tensor, w3: QuantizedWeight | torch.Tensor,
+                  w2: QuantizedWeight | torch.Tensor, limit: float) -> torch.Tensor:
+    """V4's shared expert `W2(swiglu(W1 x, W3 x))`: `x [T, D]`, `w1 / w3 [I, D]`, `w2 [D, I]` (plain
+    tensors are dense) -> `[T, D]` in x's dtype. A few tokens over dense fp32 CPU weights go
+    through the routed experts' C loop as one expert every token takes with weight 1 (one call
+    instead of ~10 ops); otherwise three `dispatch.linear`s, so each backend runs its GEMM."""
+    if isinstance(w1, torch.Tensor) and isinstance(w3, torch.Tensor) and isinstance(w2, torch.Tensor):
+        out = native.swiglu_mlp(x, w1, w3, w2, limit)
+        if out is not None:
+            return out
+    from ... import dispatch  # the backend's GEMM (imported late: dispatch imports this module by name)
+
+    return dispatch.linear(swiglu(dispatch.linear(x, w1), dispatch.linear(x, w3), limit).to(x.dtype), w2)
 
 
 def _mix(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: int) -> torch.Tensor:
