@@ -244,6 +244,13 @@ def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Te
     _impl("prologue", "kv_insert", kv.device)(kv, weight, eps, rope, pool, slots, qdq)
 
 
+def compressor_rows(x: torch.Tensor, wkv: QuantizedWeight | torch.Tensor, wgate: QuantizedWeight | torch.Tensor,
+                    ape: torch.Tensor, ape_index: torch.Tensor) -> torch.Tensor:
+    """A compressor's rows `[T, 2, W]` fp32 `(wkv x, wgate x + ape[ape_index])` of `x [T, D]` (a plain
+    weight tensor is dense)."""
+    return _impl("compressor", "compressor_rows", x.device)(x, wkv, wgate, ape, ape_index)
+
+
 def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Tensor,
                    pool: KVPool, slots: torch.Tensor, qdq: bool = False) -> None:
     """Closed windows `kv, score [E, S, d]` -> per-channel softmax pool over S -> RMS norm -> RoPE

@@ -244,6 +244,18 @@ int banyan_sparse_attention(const float *q, int64_t t, int64_t h, int64_t d, con
     return 1;
 }
 
+/* ---- a compressor's rows for a few tokens, as kernels.triton.ref.attention.compressor_rows:
+   rows[t] = (wkv x[t], wgate x[t] + ape[ape_index[t]])  (rows [T, 2, W]; wkv, wgate [W, D]; ape [m, W]) */
+void banyan_compressor_rows(const float *x, int64_t t, int64_t d, const float *wkv, const float *wgate,
+                            const float *ape, const int64_t *ape_index, int64_t w, float *rows) {
+    for (int64_t i = 0; i < t; i++) {
+        const float *xi = x + i * d, *bias = ape + ape_index[i] * w;
+        float *kv = rows + i * 2 * w, *score = kv + w;
+        for (int64_t j = 0; j < w; j++) kv[j] = dot(wkv + j * d, xi, d);
+        for (int64_t j = 0; j < w; j++) score[j] = dot(wgate + j * d, xi, d) + bias[j];
+    }
+}
+
 /* ---- mHC's post-block mix, as kernels.mhc.hc_post:
    y[t][k] = post[t][k] * out[t] + sum_j comb[t][j][k] * x[t][j]  (x, y [T, n, D]; out [T, D]) */
 void banyan_hc_post(const float *out, const float *x, const float *post, const float *comb, int64_t t, int64_t n,
@@ -547,6 +559,8 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_route.restype = ctypes.c_int
     lib.banyan_hc_post.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
     lib.banyan_hc_post.restype = None
+    lib.banyan_compressor_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr]
+    lib.banyan_compressor_rows.restype = None
     lib.banyan_norm_rope.argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_float, ptr, i64, ptr, ptr]
     lib.banyan_norm_rope.restype = None
     return lib
@@ -581,6 +595,23 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
     lib.banyan_hc_pre(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps, iters,
                       collapsed.data_ptr(), post.data_ptr(), comb.data_ptr())
     return collapsed, post, comb
+
+
+def compressor_rows(x: torch.Tensor, wkv: torch.Tensor, wgate: torch.Tensor, ape: torch.Tensor,
+                    ape_index: torch.Tensor) -> torch.Tensor | None:
+    """`kernels.triton.ref.attention.compressor_rows` over dense fp32 CPU weights for up to
+    `PROLOGUE_MAX_TOKENS` tokens in one call; None where it does not apply."""
+    lib = library()
+    if (lib is None or x.dim() != 2 or not 0 < x.shape[0] <= PROLOGUE_MAX_TOKENS
+            or any(a.device.type != "cpu" or a.dtype != torch.float32 for a in (x, wkv, wgate, ape))
+            or not all(a.is_contiguous() for a in (wkv, wgate, ape))):
+        return None
+    x, index = x.contiguous(), _int64(ape_index)
+    w = wkv.shape[0]
+    rows = x.new_empty(x.shape[0], 2, w)
+    lib.banyan_compressor_rows(x.data_ptr(), x.shape[0], x.shape[1], wkv.data_ptr(), wgate.data_ptr(), ape.data_ptr(),
+                               index.data_ptr(), w, rows.data_ptr())
+    return rows
 
 
 def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,

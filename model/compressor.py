@@ -45,8 +45,8 @@ class Compressor(nn.Module):
         """Project this batch's tokens, emit the entries of every window that closes, and
         update the request rings and page snapshots in `store`."""
         m, d = self.ratio, self.dim
-        score = self.wgate(x).float().add_(self.ape.index_select(0, plan.ape_index[m]))
-        rows = torch.stack([self.wkv(x).float(), score], dim=1)  # [N, 2, width]
+        rows = dispatch.compressor_rows(x, self.wkv.argument(), self.wgate.argument(), self.ape,
+                                        plan.ape_index[m])  # [N, 2, width]
         em = plan.emissions[(m, self.overlap)]
 
         if em.num_entries:

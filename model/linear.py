@@ -51,14 +51,18 @@ class Linear(nn.Module):
         """The weight as an op argument (no copy)."""
         return QuantizedWeight(self.weight, self.scale, self.quant or "dense")
 
+    def argument(self) -> QuantizedWeight | torch.Tensor:
+        """The weight as the dispatch ops take it: a dense weight as the plain tensor (no per-call
+        `QuantizedWeight`: hot at batch 1), a stored one as `quantized()`."""
+        return self.weight if self.quant is None else self.quantized()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x [..., in] -> [..., out]` (`dispatch.linear`)."""
-        # a dense weight goes as the plain tensor: no per-call QuantizedWeight (hot at batch 1)
-        return dispatch.linear(x, self.weight if self.quant is None else self.quantized())
+        return dispatch.linear(x, self.argument())
 
     def grouped(self, x: torch.Tensor) -> torch.Tensor:
         """`x [T, G, in] -> [T, G, out / G]`, group g using rows `g*out/G : (g+1)*out/G`."""
-        return dispatch.grouped_linear(x, self.weight if self.quant is None else self.quantized())
+        return dispatch.grouped_linear(x, self.argument())
 
     def experts(self, x: torch.Tensor, counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Stacked form: `x [T, in]` grouped by expert (`counts[e]` rows each) -> `[T, out]`."""

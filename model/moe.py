@@ -72,15 +72,12 @@ class SharedExpert(nn.Module):
         self.w2 = Linear(i, d, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.shared_expert(x, _arg(self.w1), _arg(self.w3), _arg(self.w2), self.limit)
+        return dispatch.shared_expert(x, self.w1.argument(), self.w3.argument(), self.w2.argument(), self.limit)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()  # no op call when already fp32 (hot at batch 1)
 
-
-def _arg(w: Linear) -> QuantizedWeight | torch.Tensor:
-    return w.weight if w.quant is None else w.quantized()
 
 
 class MoE(nn.Module):

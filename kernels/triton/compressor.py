@@ -12,6 +12,7 @@ import torch
 
 from ._compat import check_device, pow2, rope_arg, rotate_tail, triton, tl
 from .kv_write import pool_args, write_row
+from .ref.attention import compressor_rows  # noqa: F401  (two GEMMs through the dispatch)
 from ..kv_formats import Pool
 
 

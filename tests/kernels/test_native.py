@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from banyan.kernels import mhc, native
 from banyan.kernels.mhc import TOKENS_LAST_MIN
-from banyan.kernels.norm import rms_norm
+from banyan.kernels.triton.ref import attention as ref_attention
+from banyan.kernels.triton.ref import moe as ref_moe
 from banyan.kernels.rope import apply_rope_, rope_inv_freq, rope_table
 
 
@@ -137,12 +139,99 @@ def test_native_norm_rope_matches_norm_then_rope(weighted):
     gen = torch.Generator().manual_seed(11)
     x, weight = torch.randn(3, 4, 40, generator=gen), torch.randn(40, generator=gen) if weighted else None
     table = rope_table(torch.tensor([0, 5, 900]), rope_inv_freq(16, 10000.0))  # [T, 8]
-    want = apply_rope_(rms_norm(x, weight, 1e-6), table)
+    want = apply_rope_(_torch_rms_norm(x, weight), table)
     torch.testing.assert_close(native.norm_rope(x, weight, 1e-6, table), want, atol=1e-5, rtol=1e-5)
 
     pool = torch.full((6, 40), 7.0)  # the paged-insert form: token t's row to pool[slots[t]]
     rows = x[:, 0]
     native.norm_rope(rows, weight, 1e-6, table, pool, torch.tensor([4, -1, 1]))
-    expected = apply_rope_(rms_norm(rows, weight, 1e-6), table)
+    expected = apply_rope_(_torch_rms_norm(rows, weight), table)
     torch.testing.assert_close(pool[[4, 1]], expected[[0, 2]], atol=1e-5, rtol=1e-5)
     assert torch.equal(pool[[0, 2, 3, 5]], torch.full((4, 40), 7.0))  # -1: nothing written
+
+
+def _torch_rms_norm(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), weight, 1e-6)
+
+
+def _needs_library():
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (3, 4, 40), (native.PROLOGUE_MAX_TOKENS, 24)])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_native_rms_norm_matches_torch(shape, weighted):
+    _needs_library()
+    gen = torch.Generator().manual_seed(3)
+    x, weight = torch.randn(*shape, generator=gen), torch.randn(shape[-1], generator=gen) if weighted else None
+    torch.testing.assert_close(native.rms_norm(x, weight, 1e-6), _torch_rms_norm(x, weight), atol=1e-6, rtol=1e-5)
+    assert native.rms_norm(torch.randn(native.PROLOGUE_MAX_TOKENS + 1, 8), None, 1e-6) is None
+    assert native.rms_norm(x.double(), None, 1e-6) is None
+
+
+def _torch_route(logits, bias, k, tid2eid=None, input_ids=None):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ref_moe.native, "route", lambda *a: None)
+        return ref_moe.route(logits, bias, k, 1.5, tid2eid, input_ids)
+
+
+@pytest.mark.parametrize("t, e, k", [(1, 8, 2), (5, 64, 6), (native.MOE_MAX_TOKENS, 256, 8)])
+def test_native_route_picks_the_torch_experts_and_weights(t, e, k):
+    _needs_library()
+    gen = torch.Generator().manual_seed(t * e)
+    logits, bias = torch.randn(t, e, generator=gen) * 8, torch.randn(e, generator=gen)  # both softplus branches
+    logits[0, 0] = 25.0
+    ids, weights = native.route(logits, bias, k, 1.5, None, None)
+    want_ids, want_weights = _torch_route(logits, bias, k)
+    order, want_order = ids.argsort(1), want_ids.argsort(1)  # ids come in no particular order
+    assert torch.equal(ids.gather(1, order), want_ids.gather(1, want_order))
+    torch.testing.assert_close(weights.gather(1, order), want_weights.gather(1, want_order), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(1), torch.full((t,), 1.5))
+
+
+def test_native_route_reads_hash_layers_table_and_declines_foreign_tokens():
+    _needs_library()
+    gen = torch.Generator().manual_seed(2)
+    logits, tid2eid = torch.randn(3, 8, generator=gen), torch.randint(0, 8, (50, 2), generator=gen)
+    tokens = torch.tensor([4, 49, 0])
+    ids, weights = native.route(logits, None, 2, 1.5, tid2eid, tokens)
+    want_ids, want_weights = _torch_route(logits, None, 2, tid2eid, tokens)
+    assert torch.equal(ids, want_ids)
+    torch.testing.assert_close(weights, want_weights, atol=1e-6, rtol=1e-5)
+    assert native.route(logits, None, 2, 1.5, tid2eid, torch.tensor([4, 50, 0])) is None  # torch raises instead
+    assert native.route(logits, torch.zeros(8), 9, 1.5, None, None) is None  # k > experts
+
+
+def test_native_hc_post_matches_the_torch_mix():
+    _needs_library()
+    gen = torch.Generator().manual_seed(5)
+    t, n, d = 3, 4, 40
+    out, streams = torch.randn(t, d, generator=gen), torch.randn(t, n, d, generator=gen)
+    post, comb = torch.rand(t, n, generator=gen), torch.rand(t, n, n, generator=gen)
+    want = post.unsqueeze(-1) * out.unsqueeze(1) + torch.einsum("tjk,tjd->tkd", comb, streams)
+    torch.testing.assert_close(native.hc_post(out, streams, post, comb), want, atol=1e-5, rtol=1e-5)
+    assert native.hc_post(out.double(), streams.double(), post.double(), comb.double()) is None
+
+
+def test_native_compressor_rows_match_the_two_projections():
+    _needs_library()
+    gen = torch.Generator().manual_seed(6)
+    x, wkv, wgate = torch.randn(3, 64, generator=gen), torch.randn(80, 64, generator=gen), torch.randn(80, 64, generator=gen)
+    ape, index = torch.randn(4, 80, generator=gen), torch.tensor([3, 0, 1])
+    want = torch.stack([x @ wkv.T, x @ wgate.T + ape[index]], dim=1)
+    torch.testing.assert_close(native.compressor_rows(x, wkv, wgate, ape, index), want, atol=1e-5, rtol=1e-5)
+    many = torch.randn(40, 64, generator=gen)  # past the native's token limit: torch's GEMMs
+    want = torch.stack([many @ wkv.T, many @ wgate.T + ape[0]], dim=1)
+    got = ref_attention.compressor_rows(many, wkv, wgate, ape, torch.zeros(40, dtype=torch.long))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert native.compressor_rows(x, wkv.double(), wgate, ape, index) is None
+
+
+def test_native_swiglu_mlp_is_the_shared_expert():
+    _needs_library()
+    gen = torch.Generator().manual_seed(7)
+    x, w1, w3, w2 = (torch.randn(*s, generator=gen) for s in ((2, 64), (96, 64), (96, 64), (64, 96)))
+    want = F.linear(ref_moe.swiglu(F.linear(x, w1), F.linear(x, w3), 10.0), w2)
+    torch.testing.assert_close(native.swiglu_mlp(x, w1, w3, w2, 10.0), want, atol=1e-4, rtol=1e-5)
+    assert native.swiglu_mlp(torch.randn(native.MOE_MAX_TOKENS + 1, 64), w1, w3, w2, 10.0) is None

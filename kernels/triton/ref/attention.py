@@ -22,6 +22,7 @@ from ...indexer import QueryGroup
 from ...norm import rms_norm
 from ...rope import apply_rope_
 from ...sparse_attention import KVIndex
+from ...quant import QuantizedWeight
 from ...kv_formats import FP8IndexerKeys, FP8KVCache, IndexerKeys, KVPool, kv_row_qdq, write_rows
 
 
@@ -83,6 +84,21 @@ def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Te
     if not qdq and isinstance(pool, torch.Tensor) and native.norm_rope(kv, weight, eps, rope, pool, slots) is not None:
         return
     _write_entries(apply_rope_(rms_norm(kv, weight, eps), rope), 2 * rope.shape[-1], pool, slots, qdq)
+
+
+def compressor_rows(x: torch.Tensor, wkv: QuantizedWeight | torch.Tensor, wgate: QuantizedWeight | torch.Tensor,
+                    ape: torch.Tensor, ape_index: torch.Tensor) -> torch.Tensor:
+    """A compressor's per-token rows `[T, 2, W]` fp32: `(wkv x, wgate x + ape[ape_index])` for `x [T, D]`,
+    `wkv / wgate [W, D]` (plain tensors are dense), `ape [m, W]` fp32, `ape_index [T]`. A few tokens
+    over dense fp32 CPU weights take one C call; otherwise two `dispatch.linear`s."""
+    if isinstance(wkv, torch.Tensor) and isinstance(wgate, torch.Tensor):
+        rows = native.compressor_rows(x, wkv, wgate, ape, ape_index)
+        if rows is not None:
+            return rows
+    from ... import dispatch  # the backend's GEMM (imported late: dispatch imports this module by name)
+
+    score = dispatch.linear(x, wgate).float().add_(ape.index_select(0, ape_index))
+    return torch.stack([dispatch.linear(x, wkv).float(), score], dim=1)
 
 
 def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Tensor,
