@@ -8,8 +8,9 @@ Queries come in groups that share candidate lists row by row: a prefill chunk is
 (`G = 1`) of `Tq` queries of one request over that request's entries; a set of decode
 tokens is `G` rows of one query each. Scores are computed a bounded slab at a time
 (`SCORE_BUDGET` bytes of `[rows, H, E]` dot products), so a long prompt never holds a
-`[T, H, E]` tensor. Single-query groups (decode) on CPU are scored by a C loop that reads each
-candidate key once from the pool (`kernels.native.indexer_scores`) instead.
+`[T, H, E]` tensor. On CPU a C loop scores instead (`kernels.native.indexer_scores`): it reads
+each candidate key straight from the pool and sums the heads as it goes, for decode groups and
+for prefill chunks (whose slabs then hold `[queries, E]` scores, not `[queries, H, E]`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gro
         g, e = group.candidates.shape
         if group.tokens.shape[1] == 1 and _single_queries(q, weights, keys, group, topk, out):
             continue
+        if g == 1 and _native_chunk(q, weights, keys, group, topk, out):
+            continue
         slabs = group.slabs(h, topk)
         if not slabs:
             continue
@@ -127,6 +130,27 @@ def _single_queries(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, 
     vals, local = scores.topk(k, dim=-1)  # best first
     rows = group.candidates.gather(1, local).masked_fill_(vals == float("-inf"), -1)
     out[:, :k].index_copy_(0, tokens, rows)
+    return True
+
+
+def _native_chunk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, group: QueryGroup, topk: int,
+                  out: torch.Tensor) -> bool:
+    """The top-k of one prefill chunk (a group of one row) through the native scores, a slab of
+    `SCORE_BUDGET` bytes of `[queries, candidates]` scores at a time (the head sums are made
+    inside, so a slab holds 1/H of the torch path's dot products); False where the native path
+    does not apply (it is tried on the first slab)."""
+    for slab in group.slabs(1, topk):
+        n, k = slab.tokens.numel(), min(topk, slab.width)
+        scores = native.indexer_scores(q.index_select(0, slab.tokens), weights.index_select(0, slab.tokens), keys,
+                                       group.safe_candidates[:, :slab.width],
+                                       group.visible[0, slab.queries])  # [n, width]
+        if scores is None:
+            return False
+        vals, local = scores.topk(k, dim=-1)  # best first
+        rows = group.candidates.gather(1, local.view(1, -1)).view(n, k)
+        if slab.short:
+            rows.masked_fill_(vals == float("-inf"), -1)
+        out[:, :k].index_copy_(0, slab.tokens, rows)
     return True
 
 

@@ -10,9 +10,9 @@
   fp32. At a few rows the product is bound by reading the weight, so half the bytes is
   about half the time: the tiny model's head (129,280 x 64) takes ~1.1 ms instead of ~3 ms
   per decode step on one core.
-* Lightning-indexer scores for single queries (`indexer_scores`): each candidate key row is
-  read once, straight from the pool, instead of being gathered into a copy and multiplied
-  by two batched matmuls.
+* Lightning-indexer scores (`indexer_scores`): each candidate key row is read straight from
+  the pool, and each score summed over the heads as it is made, instead of gathering the keys
+  into a copy and writing `[queries, heads, keys]` dot products between two batched matmuls.
 
 The GEMV and the indexer scores sum in a fixed order that differs from MKL's, so they agree
 with the torch ops to fp32 rounding, not to the bit.
@@ -426,7 +426,7 @@ void banyan_bf16_gemv(const float *x, int64_t rows, int64_t k, const uint16_t *p
 
 /* ---- indexer scores of single queries, heads on the vector lanes:
    out[t][w] = sum_h weights[t][h] * relu(sum_j qt[t][j][h] * keys[cand[t][w]][j]) for w < visible[t],
-   else -inf; qt is q transposed to [T, d, H]. KEY_BLOCK keys at a time keep that many
+   else -inf; qt is q transposed to [T, d, H]; cand[t] starts t * cand_stride in (0: shared by all queries). KEY_BLOCK keys at a time keep that many
    independent accumulator chains in flight. */
 #define KEY_BLOCK 8
 
@@ -463,7 +463,7 @@ static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, c
 
 typedef struct {
     const float *qt, *weights, *keys; const int64_t *cand, *visible; float *out;
-    int64_t t, h, d, e, part, parts;
+    int64_t t, h, d, e, cand_stride, part, parts;
 } score_job;
 
 /* Part `part` of `parts` of every query's visible candidates. */
@@ -471,22 +471,23 @@ static void *score_job_run(void *arg) {
     score_job *j = arg;
     for (int64_t i = 0; i < j->t; i++) {
         int64_t seen = j->visible[i] < j->e ? j->visible[i] : j->e;
-        score_keys(j->qt + i * j->d * j->h, j->weights + i * j->h, j->h, j->d, j->keys, j->cand + i * j->e,
+        score_keys(j->qt + i * j->d * j->h, j->weights + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride,
                    j->out + i * j->e, seen * j->part / j->parts, seen * (j->part + 1) / j->parts);
     }
     return NULL;
 }
 
 void banyan_indexer_scores(const float *qt, const float *weights, int64_t t, int64_t h, int64_t d,
-                           const float *keys, const int64_t *cand, const int64_t *visible, int64_t e, float *out,
-                           int64_t threads) {
+                           const float *keys, const int64_t *cand, int64_t cand_stride, const int64_t *visible,
+                           int64_t e, float *out, int64_t threads) {
     for (int64_t i = 0; i < t; i++)
         for (int64_t w = visible[i] < 0 ? 0 : visible[i]; w < e; w++) out[i * e + w] = -INFINITY;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
     pthread_t tid[MAX_THREADS];
     score_job jobs[MAX_THREADS];
-    for (int64_t p = 0; p < threads; p++) jobs[p] = (score_job){qt, weights, keys, cand, visible, out, t, h, d, e, p, threads};
+    for (int64_t p = 0; p < threads; p++) jobs[p] = (score_job){qt, weights, keys, cand, visible, out, t, h, d, e, cand_stride, p,
+                                                           threads};
     run_jobs(score_job_run, jobs, sizeof jobs[0], threads, tid);
 }
 """
@@ -545,7 +546,7 @@ def library() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.banyan_bf16_gemv.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64]
     lib.banyan_bf16_gemv.restype = None
-    lib.banyan_indexer_scores.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr, i64]
+    lib.banyan_indexer_scores.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, i64, ptr, i64, ptr, i64]
     lib.banyan_indexer_scores.restype = None
     lib.banyan_hc_pre.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ptr, ptr,
                                   ptr]
@@ -800,10 +801,10 @@ def bf16_gemv(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> torch
 
 def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, candidates: torch.Tensor,
                    visible: torch.Tensor) -> torch.Tensor | None:
-    """Single-query indexer scores: `q [T, H, d]`, `weights [T, H]`, `keys [S, d]` (fp32 CPU),
-    `candidates [T, E]` key rows, `visible [T]` leading candidates each query sees ->
-    `[T, E]` fp32, `sum_h weights * relu(q_h . key)`, -inf past `visible`; None where the
-    native path does not apply."""
+    """Indexer scores: `q [T, H, d]`, `weights [T, H]`, `keys [S, d]` (fp32 CPU), `candidates
+    [T, E]` key rows of each query (or `[1, E]` shared by all, as a prefill chunk's are),
+    `visible [T]` leading candidates each query sees -> `[T, E]` fp32, `sum_h weights *
+    relu(q_h . key)`, -inf past `visible`; None where the native path does not apply."""
     lib = library()
     if (lib is None or any(a.device.type != "cpu" for a in (q, weights, keys)) or q.dim() != 3
             or any(a.dtype != torch.float32 for a in (q, weights, keys)) or not keys.is_contiguous()):
@@ -812,8 +813,11 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, c
     qt = q.transpose(1, 2).contiguous()  # [T, d, H]
     weights, cand, vis = weights.contiguous(), _int64(candidates), _int64(visible)
     out = q.new_empty(t, cand.shape[1])
-    lib.banyan_indexer_scores(qt.data_ptr(), weights.data_ptr(), t, h, d, keys.data_ptr(), cand.data_ptr(),
-                              vis.data_ptr(), cand.shape[1], out.data_ptr(), _threads(cand.numel() * d * 4))
+    stride = 0 if cand.shape[0] == 1 else cand.shape[1]
+    if stride and cand.shape[0] != t:
+        return None
+    lib.banyan_indexer_scores(qt.data_ptr(), weights.data_ptr(), t, h, d, keys.data_ptr(), cand.data_ptr(), stride,
+                              vis.data_ptr(), cand.shape[1], out.data_ptr(), _threads(t * cand.shape[1] * d * 4))
     return out
 
 

@@ -25,7 +25,7 @@ def group(tokens, candidates, visible):
     return QueryGroup(torch.as_tensor(tokens), candidates, visible, visible.numpy())
 
 
-@pytest.mark.parametrize("native_scores", [True, False], ids=["native-decode-scores", "torch-slabs"])
+@pytest.mark.parametrize("native_scores", [True, False], ids=["native-scores", "torch-slabs"])
 def test_top_k_rows_match_brute_force_and_pad_with_minus_one(monkeypatch, native_scores):
     if not native_scores:
         monkeypatch.setattr(ki.native, "indexer_scores", lambda *a: None)
@@ -66,7 +66,13 @@ def test_width_is_capped_by_the_candidates():
     assert empty.shape == (2, 0)
 
 
-def test_scores_are_computed_in_bounded_slabs(monkeypatch):
+@pytest.mark.parametrize("native_scores", [True, False], ids=["native-scores", "torch-slabs"])
+def test_scores_are_computed_in_bounded_slabs(monkeypatch, native_scores):
+    """torch: each slab's `[queries, H, E]` dot products fit the budget; native: its `[queries, E]` scores."""
+    if not native_scores:
+        monkeypatch.setattr(ki.native, "indexer_scores", lambda *a: None)
+    elif native.library() is None:
+        pytest.skip("no C compiler here")
     gen = torch.Generator().manual_seed(2)
     t, h, d, e = 64, 4, 8, 256
     # small integers: every score is exact whatever the slab shapes
@@ -79,14 +85,19 @@ def test_scores_are_computed_in_bounded_slabs(monkeypatch):
     def chunk():  # a fresh group: slabs are planned on first use
         return group([list(range(t))], torch.arange(e).view(1, e), [[4 * i for i in range(t)]])
     whole = indexer_topk(q, weights, keys, [chunk()], 8)
-    largest, bmm = [0], torch.bmm
+    largest = [0]
 
-    def recording_bmm(a, b):
-        out = bmm(a, b)
-        largest[0] = max(largest[0], out.numel() * out.element_size())
-        return out
-    budget = 8 * h * e * 4  # eight queries' dot products
+    def recording(op):
+        def run(*args):
+            out = op(*args)
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+            return out
+        return run
+    budget = 8 * h * e * 4  # eight queries' dot products, or 32 queries' scores
     monkeypatch.setattr(ki, "SCORE_BUDGET", budget)
-    monkeypatch.setattr(torch, "bmm", recording_bmm)
+    if native_scores:
+        monkeypatch.setattr(ki.native, "indexer_scores", recording(native.indexer_scores))
+    else:
+        monkeypatch.setattr(torch, "bmm", recording(torch.bmm))
     assert picked_scores(indexer_topk(q, weights, keys, [chunk()], 8)) == picked_scores(whole)
     assert 0 < largest[0] <= budget
