@@ -438,18 +438,19 @@ static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, c
         for (int64_t b = 0; b < KEY_BLOCK; b++) key[b] = keys + ci[w0 + (b < nb ? b : 0)] * d;
         float score[KEY_BLOCK] = {0};
         int64_t h0 = 0;
-        for (; h0 + PANEL <= h; h0 += PANEL) {
-            float panel_sum[KEY_BLOCK] = {0};  /* a panel's 16 heads summed in lane order */
-            for (int64_t c = h0; c < h0 + PANEL; c += VEC) {
-                vec_f32 acc[KEY_BLOCK] = {{0}}, qv;
-                for (int64_t j = 0; j < d; j++) {
-                    memcpy(&qv, qi + j * h + c, sizeof qv);
-                    for (int b = 0; b < KEY_BLOCK; b++) acc[b] += qv * key[b][j];
-                }
-                for (int64_t b = 0; b < nb; b++)
-                    for (int l = 0; l < VEC; l++) panel_sum[b] += wi[c + l] * (acc[b][l] > 0.0f ? acc[b][l] : 0.0f);
+        for (; h0 + VEC <= h; h0 += VEC) {  /* VEC heads on the lanes: dots, relu, weights, one lane sum */
+            vec_f32 acc[KEY_BLOCK] = {{0}}, qv, wv, zero = {0};
+            for (int64_t j = 0; j < d; j++) {
+                memcpy(&qv, qi + j * h + h0, sizeof qv);
+                for (int b = 0; b < KEY_BLOCK; b++) acc[b] += qv * key[b][j];
             }
-            for (int64_t b = 0; b < nb; b++) score[b] += panel_sum[b];
+            memcpy(&wv, wi + h0, sizeof wv);
+            for (int64_t b = 0; b < nb; b++) {
+                vec_f32 part = (vec_f32)((vec_u32)acc[b] & (vec_u32)(acc[b] > zero)) * wv;
+                float sum = 0.0f;
+                for (int l = 0; l < VEC; l++) sum += part[l];
+                score[b] += sum;
+            }
         }
         for (; h0 < h; h0++)
             for (int64_t b = 0; b < nb; b++) {
@@ -466,14 +467,37 @@ typedef struct {
     int64_t t, h, d, e, cand_stride, part, parts;
 } score_job;
 
-/* Part `part` of `parts` of every query's visible candidates. */
+#define KEY_TILE 64  /* candidates scored by every query of a job before the next ones (they stay in L1) */
+
+static int64_t seen_by(const score_job *j, int64_t i) {
+    int64_t v = j->visible[i];
+    return v < 0 ? 0 : v < j->e ? v : j->e;
+}
+
+/* Part `part` of `parts`: with a few queries, that part of every query's visible candidates;
+   with many (a prefill slab), every `parts`-th query, tile by tile of KEY_TILE candidates so
+   that each tile is read from memory once for all of them. */
 static void *score_job_run(void *arg) {
     score_job *j = arg;
-    for (int64_t i = 0; i < j->t; i++) {
-        int64_t seen = j->visible[i] < j->e ? j->visible[i] : j->e;
-        score_keys(j->qt + i * j->d * j->h, j->weights + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride,
-                   j->out + i * j->e, seen * j->part / j->parts, seen * (j->part + 1) / j->parts);
+    const float *qt = j->qt, *wt = j->weights;
+    int64_t hd = j->d * j->h;
+    if (j->t < 2 * j->parts) {
+        for (int64_t i = 0; i < j->t; i++) {
+            int64_t seen = seen_by(j, i);
+            score_keys(qt + i * hd, wt + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride, j->out + i * j->e,
+                       seen * j->part / j->parts, seen * (j->part + 1) / j->parts);
+        }
+        return NULL;
     }
+    int64_t most = 0;
+    for (int64_t i = j->part; i < j->t; i += j->parts) most = seen_by(j, i) > most ? seen_by(j, i) : most;
+    for (int64_t w0 = 0; w0 < most; w0 += KEY_TILE)
+        for (int64_t i = j->part; i < j->t; i += j->parts) {
+            int64_t seen = seen_by(j, i), last = w0 + KEY_TILE < seen ? w0 + KEY_TILE : seen;
+            if (w0 < last)
+                score_keys(qt + i * hd, wt + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride,
+                           j->out + i * j->e, w0, last);
+        }
     return NULL;
 }
 
