@@ -61,3 +61,18 @@ def test_failed_run_is_reported_with_its_reason(tmp_path, capsys):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["status"] == "error" and "exit code" in row["error"]
     assert "error" in capsys.readouterr().out
+
+
+def test_repeats_keep_each_metrics_best_run():
+    runs = [{"system": "banyan", "length": 1024, "status": "ok", "prefill_s": 0.5, "prefill_tok_s": 2048.0,
+             "tpot_ms": 9.0, "peak_rss_mb": 1000.0, "decode_tokens": 32},
+            {"system": "banyan", "length": 1024, "status": "error", "error": "boom"},
+            {"system": "banyan", "length": 1024, "status": "ok", "prefill_s": 0.4, "prefill_tok_s": 2560.0,
+             "tpot_ms": 11.0, "peak_rss_mb": 1100.0, "decode_tokens": 32}]
+    row = long_context.best_of(runs)
+    assert (row["status"], row["prefill_s"], row["prefill_tok_s"]) == ("ok", 0.4, 2560.0)  # the fastest prefill
+    assert row["tpot_ms"] == 9.0 and row["peak_rss_mb"] == 1100.0  # the least TPOT, the largest peak
+    assert [r["status"] for r in row["runs"]] == ["ok", "error", "ok"]
+    assert long_context.best_of(runs[1:2]) == runs[1]  # no run succeeded: the error stands
+    with pytest.raises(SystemExit, match="--repeats"):
+        long_context.main(["--repeats", "0"])
