@@ -52,6 +52,15 @@ STREAM_MIN_BYTES = 1 << 20  # operand bytes from which a helper splits its work 
 _max_threads = torch.get_num_threads()
 
 
+def _cpu_f32(*tensors: torch.Tensor) -> bool:
+    """Every tensor fp32 on the CPU (`is_cpu` and a dtype identity: a few times cheaper than
+    `device.type` comparisons, and the wrappers run ~90 times a decode step)."""
+    for t in tensors:
+        if not t.is_cpu or t.dtype is not torch.float32:
+            return False
+    return True
+
+
 def set_max_threads(n: int) -> None:
     """The threads a big helper call splits over (`model.threads.configure` sets the process's
     choice). A step that runs its torch ops on one thread still splits these: each is one
@@ -79,8 +88,8 @@ _SOURCE = r"""
 
 /* The machine's vector registers: a PANEL of 16 floats is PV of them. A vector type wider than
    the registers is lowered through memory (on AVX2, a 64-byte vector ran the indexer ~8x slower),
-   so each panel is an array of register-wide vectors; every sum keeps the panel's lane order,
-   so results do not depend on the width. */
+   so each panel is an array of register-wide vectors; every sum adds a panel's lanes in one
+   fixed order, so results do not depend on the width. */
 #if defined(__AVX512F__)
 #define VEC 16
 #elif defined(__AVX__)
@@ -134,6 +143,16 @@ void banyan_sinkhorn_f32(float *x, int64_t t, int64_t n, float eps, int64_t iter
 
 /* ---- mHC's pre-block mix for a few tokens, as kernels.mhc.hc_pre:
    x [T, n*D] -> collapsed [T, D], post [T, n], comb [T, n, n] (Sinkhorn-normalised) */
+/* A panel's 16 lanes summed as a tree (l + 8, then + 4, + 2, + 1): four dependent adds, not
+   sixteen, and the same order whatever the vector width. */
+static inline float panel_sum(const vec_f32 *acc) {
+    float s[PANEL];
+    for (int l = 0; l < PANEL; l++) s[l] = LANE(acc, l);
+    for (int width = PANEL / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; l++) s[l] += s[l + width];
+    return s[0];
+}
+
 static float dot(const float *a, const float *b, int64_t len) {
     vec_f32 acc[PV] = {{0}}, av, bv;
     int64_t i = 0;
@@ -143,8 +162,7 @@ static float dot(const float *a, const float *b, int64_t len) {
             memcpy(&bv, b + i + v * VEC, sizeof bv);
             acc[v] += av * bv;
         }
-    float sum = 0.0f;
-    for (int l = 0; l < PANEL; l++) sum += LANE(acc, l);
+    float sum = panel_sum(acc);
     for (; i < len; i++) sum += a[i] * b[i];
     return sum;
 }
@@ -595,7 +613,7 @@ def sinkhorn_(comb: torch.Tensor, eps: float, iters: int) -> bool:
     """Sinkhorn-normalise contiguous fp32 CPU `comb [T, n, n]` in place, as `kernels.mhc.sinkhorn`
     does; returns False (and leaves `comb` alone) where the native path does not apply."""
     lib = library()
-    if (lib is None or comb.device.type != "cpu" or comb.dtype != torch.float32 or not comb.is_contiguous()
+    if (lib is None or not _cpu_f32(comb) or not comb.is_contiguous()
             or comb.dim() != 3 or not 0 < comb.shape[1] == comb.shape[2] <= MAX_N or iters < 1):
         return False
     lib.banyan_sinkhorn_f32(comb.data_ptr(), comb.shape[0], comb.shape[1], eps, iters)
@@ -612,8 +630,8 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
     torch's (fp32 rounding); the Sinkhorn loop is the same bit for bit."""
     lib = library()
     t, n, d = streams.shape
-    if (lib is None or streams.device.type != "cpu" or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N
-            or any(a.dtype != torch.float32 for a in (streams, fn, scale, base)) or iters < 1):
+    if (lib is None or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N or not _cpu_f32(streams, fn, scale, base)
+            or iters < 1):
         return None
     x, fn, scale, base = streams.contiguous(), fn.contiguous(), scale.contiguous(), base.contiguous()
     collapsed, post, comb = x.new_empty(t, d), x.new_empty(t, n), x.new_empty(t, n, n)
@@ -628,8 +646,8 @@ def compressor_rows(x: torch.Tensor, wkv: torch.Tensor, wgate: torch.Tensor, ape
     `PROLOGUE_MAX_TOKENS` tokens in one call; None where it does not apply."""
     lib = library()
     if (lib is None or x.dim() != 2 or not 0 < x.shape[0] <= PROLOGUE_MAX_TOKENS
-            or any(a.device.type != "cpu" or a.dtype != torch.float32 for a in (x, wkv, wgate, ape))
-            or not all(a.is_contiguous() for a in (wkv, wgate, ape))):
+            or not _cpu_f32(x, wkv, wgate, ape) or not (wkv.is_contiguous() and wgate.is_contiguous()
+                                                         and ape.is_contiguous())):
         return None
     x, index = x.contiguous(), _int64(ape_index)
     w = wkv.shape[0]
@@ -645,11 +663,10 @@ def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,
     [T, D]`, `streams [T, n, D]`, `post [T, n]`, `comb [T, n, n]`); None where it does not apply."""
     lib = library()
     t, n, d = streams.shape
-    if (lib is None or streams.device.type != "cpu" or not 0 < t <= HC_PRE_MAX_TOKENS
-            or any(a.dtype != torch.float32 for a in (block_out, streams, post, comb))):
+    if lib is None or not 0 < t <= HC_PRE_MAX_TOKENS or not _cpu_f32(block_out, streams, post, comb):
         return None
     out, x, post, comb = block_out.contiguous(), streams.contiguous(), post.contiguous(), comb.contiguous()
-    y = x.new_empty(t, n, d)
+    y = torch.empty_like(x)
     lib.banyan_hc_post(out.data_ptr(), x.data_ptr(), post.data_ptr(), comb.data_ptr(), t, n, d, y.data_ptr())
     return y
 
@@ -667,8 +684,8 @@ def sparse_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, l
     lib = library()
     tensors = [q, kv, sink] + ([extra] if extra is not None else [])
     if (lib is None or not 0 < q.shape[0] <= ATTENTION_MAX_QUERIES or q.dim() != 3
-            or any(a.device.type != "cpu" or a.dtype != torch.float32 or not a.is_contiguous() for a in tensors)
-            or (inv_rope is not None and (inv_rope.dtype != torch.complex64 or inv_rope.device.type != "cpu"))):
+            or not _cpu_f32(*tensors) or not all(a.is_contiguous() for a in tensors)
+            or (inv_rope is not None and (inv_rope.dtype is not torch.complex64 or not inv_rope.is_cpu))):
         return None
     table = None if inv_rope is None else torch.view_as_real(inv_rope.resolve_conj()).contiguous()  # [T, rd/2, 2]
     t, h, d = q.shape
@@ -698,14 +715,13 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: to
     `x` then `[T, D]`). None where the native path does not apply."""
     lib = library()
     if (lib is None or not 0 < x.shape[0] <= PROLOGUE_MAX_TOKENS or rope.dtype != torch.complex64
-            or x.device.type != "cpu" or x.dtype != torch.float32 or rope.device.type != "cpu"
-            or (weight is not None and (weight.dtype != torch.float32 or weight.device.type != "cpu"))
+            or not _cpu_f32(x) or not rope.is_cpu or (weight is not None and not _cpu_f32(weight))
             or (pool is not None and (pool.dtype != torch.float32 or not pool.is_contiguous() or x.dim() != 2))):
         return None
     x, d = x.contiguous(), x.shape[-1]
     rows = x.numel() // d
     table = torch.view_as_real(rope.resolve_conj()).contiguous()  # [T, rd/2, 2] (cos, sin)
-    out = x.new_empty(x.shape) if pool is None else pool
+    out = torch.empty_like(x) if pool is None else pool
     dest = None if slots is None else _int64(slots)
     lib.banyan_norm_rope(x.data_ptr(), rows, d, rows // x.shape[0], None if weight is None else weight.contiguous().data_ptr(),
                          eps, table.data_ptr(), rope.shape[-1], out.data_ptr(), None if dest is None else dest.data_ptr())
@@ -718,13 +734,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     None where it does not apply."""
     lib = library()
     d = x.shape[-1]
-    if (lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or d == 0
-            or not 0 < x.numel() // d <= PROLOGUE_MAX_TOKENS
-            or (weight is not None and (weight.dtype != torch.float32 or weight.device.type != "cpu"))):
+    if (lib is None or d == 0 or not 0 < x.numel() // d <= PROLOGUE_MAX_TOKENS or not _cpu_f32(x)
+            or (weight is not None and not _cpu_f32(weight))):
         return None
     x = x.contiguous()
     weight = None if weight is None else weight.contiguous()
-    out = x.new_empty(x.shape)
+    out = torch.empty_like(x)
     lib.banyan_norm_rope(x.data_ptr(), x.numel() // d, d, 1, None if weight is None else weight.data_ptr(), eps,
                          None, 0, out.data_ptr(), None)
     return out
@@ -759,11 +774,11 @@ def _experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, k: int, 
     """`banyan_moe_experts` over contiguous int64 `ids` / fp32 `weights` `[T, k]`; `w1 / w3 [..., I, D]`."""
     lib = library()
     if (lib is None or w1.shape[-2] > MAX_INTER
-            or any(a.device.type != "cpu" or a.dtype != torch.float32 for a in (x, weights, w1, w3, w2))
-            or not all(w.is_contiguous() for w in (w1, w3, w2))):
+            or not _cpu_f32(x, weights, w1, w3, w2) or not (w1.is_contiguous() and w3.is_contiguous()
+                                                             and w2.is_contiguous())):
         return None
     x = x.contiguous()
-    out = x.new_empty(x.shape)
+    out = torch.empty_like(x)
     lib.banyan_moe_experts(x.data_ptr(), x.shape[0], x.shape[1], w1.shape[-2], ids.data_ptr(), weights.data_ptr(),
                            k, w1.data_ptr(), w3.data_ptr(), w2.data_ptr(), limit, out.data_ptr())
     return out
@@ -784,8 +799,8 @@ def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_sca
     lib = library()
     hashed = tid2eid is not None
     if (lib is None or not 0 < logits.shape[0] <= MOE_MAX_TOKENS or not 0 < top_k <= logits.shape[1] <= MAX_EXPERTS
-            or logits.device.type != "cpu" or logits.dtype != torch.float32
-            or (not hashed and (bias is None or bias.dtype != torch.float32))
+            or not _cpu_f32(logits)
+            or (not hashed and (bias is None or not _cpu_f32(bias)))
             or (hashed and (tid2eid.shape[1] != top_k or input_ids.numel() != logits.shape[0]))):
         return None
     logits, bias = logits.contiguous(), None if hashed else bias.contiguous()
@@ -814,7 +829,7 @@ def bf16_gemv(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> torch
     """`x [M, K]` fp32 CPU times the weight `pack_bf16_panels` packed -> `[M, out_features]` fp32;
     None where the native path does not apply."""
     lib = library()
-    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != panels.shape[1]:
+    if lib is None or not _cpu_f32(x) or x.dim() != 2 or x.shape[1] != panels.shape[1]:
         return None
     x = x.contiguous()
     out = x.new_empty(x.shape[0], out_features)
@@ -830,8 +845,7 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, c
     `visible [T]` leading candidates each query sees -> `[T, E]` fp32, `sum_h weights *
     relu(q_h . key)`, -inf past `visible`; None where the native path does not apply."""
     lib = library()
-    if (lib is None or any(a.device.type != "cpu" for a in (q, weights, keys)) or q.dim() != 3
-            or any(a.dtype != torch.float32 for a in (q, weights, keys)) or not keys.is_contiguous()):
+    if lib is None or q.dim() != 3 or not _cpu_f32(q, weights, keys) or not keys.is_contiguous():
         return None
     t, h, d = q.shape
     qt = q.transpose(1, 2).contiguous()  # [T, d, H]
