@@ -756,7 +756,8 @@ def swiglu_mlp(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
     t = x.shape[0]
     if not 0 < t <= MOE_MAX_TOKENS:
         return None
-    return _experts(x, _ZERO_IDS[:t], _ONE_WEIGHTS[:t], 1, w1, w3, w2, limit)
+    ids, weights = _SINGLE_EXPERT[t]
+    return _experts(x, ids, weights, 1, w1, w3, w2, limit)
 
 
 def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
@@ -784,8 +785,8 @@ def _experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, k: int, 
     return out
 
 
-_ZERO_IDS = torch.zeros(MOE_MAX_TOKENS, 1, dtype=torch.long)  # a single expert's routing, any T rows
-_ONE_WEIGHTS = torch.ones(MOE_MAX_TOKENS, 1)
+# a single expert's routing (expert 0, weight 1) for each token count, made once
+_SINGLE_EXPERT = [(torch.zeros(t, 1, dtype=torch.long), torch.ones(t, 1)) for t in range(MOE_MAX_TOKENS + 1)]
 
 
 MAX_EXPERTS = 1024  # most routed experts the native router takes
