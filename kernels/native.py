@@ -14,8 +14,17 @@
   the pool, and each score summed over the heads as it is made, instead of gathering the keys
   into a copy and writing `[queries, heads, keys]` dot products between two batched matmuls.
 
-The GEMV and the indexer scores sum in a fixed order that differs from MKL's, so they agree
-with the torch ops to fp32 rounding, not to the bit.
+* The rest of a few-token fp32 step, one call where torch takes several ops: mHC's pre and
+  post mixes (`hc_pre`, `hc_post`), sparse attention with the sink and the inverse RoPE, the
+  q/kv norm + RoPE and small RMS norms (`norm_rope`, `rms_norm`), a compressor's projections
+  (`compressor_rows`), MoE routing (`route`), the routed experts (`moe_experts`) and the
+  shared expert (`swiglu_mlp`). At one token each op is a few microseconds of dispatch and
+  almost no arithmetic, so the count of calls is the cost.
+
+Each wrapper returns None where its helper does not apply (device, dtype, size), and its
+caller, the torch backend of a dispatch op, runs torch instead. Apart from Sinkhorn the
+helpers sum in a fixed order that differs from MKL's, so they agree with the torch ops to
+fp32 rounding, not to the bit.
 
 The library is built on first use with the system C compiler into `$BANYAN_HOME/native`
 (keyed by a hash of source and flags) and loaded with ctypes; nothing is downloaded. Where
