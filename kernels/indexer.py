@@ -126,10 +126,7 @@ def _single_queries(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, 
                                    group.safe_candidates, group.visible[:, 0])  # [G, E]
     if scores is None:
         return False
-    k = min(topk, scores.shape[1])
-    vals, local = scores.topk(k, dim=-1)  # best first
-    rows = group.candidates.gather(1, local).masked_fill_(vals == float("-inf"), -1)
-    out[:, :k].index_copy_(0, tokens, rows)
+    out[:, :min(topk, scores.shape[1])].index_copy_(0, tokens, _best(scores, topk, group.candidates))
     return True
 
 
@@ -140,18 +137,26 @@ def _native_chunk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gr
     inside, so a slab holds 1/H of the torch path's dot products); False where the native path
     does not apply (it is tried on the first slab)."""
     for slab in group.slabs(1, topk):
-        n, k = slab.tokens.numel(), min(topk, slab.width)
+        k = min(topk, slab.width)
         scores = native.indexer_scores(q.index_select(0, slab.tokens), weights.index_select(0, slab.tokens), keys,
                                        group.safe_candidates[:, :slab.width],
                                        group.visible[0, slab.queries])  # [n, width]
         if scores is None:
             return False
-        vals, local = scores.topk(k, dim=-1)  # best first
-        rows = group.candidates.gather(1, local.view(1, -1)).view(n, k)
-        if slab.short:
-            rows.masked_fill_(vals == float("-inf"), -1)
-        out[:, :k].index_copy_(0, slab.tokens, rows)
+        out[:, :k].index_copy_(0, slab.tokens, _best(scores, topk, group.candidates))
     return True
+
+
+def _best(scores: torch.Tensor, topk: int, candidates: torch.Tensor) -> torch.Tensor:
+    """The candidates `[n, k]` of each row's best native scores `[n, E]`, best first, -1 past the
+    visible ones; `candidates [n or 1, >= E]`."""
+    k = min(topk, scores.shape[1])
+    rows = native.topk_rows(scores, k, candidates)
+    if rows is not None:
+        return rows
+    vals, local = scores.topk(k, dim=-1)  # best first
+    rows = candidates.expand(scores.shape[0], -1).gather(1, local)
+    return rows.masked_fill_(vals == float("-inf"), -1)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:

@@ -541,6 +541,29 @@ void banyan_indexer_scores(const float *qt, const float *weights, int64_t t, int
                                                            threads};
     run_jobs(score_job_run, jobs, sizeof jobs[0], threads, tid);
 }
+
+/* ---- top-k candidates of scored rows: rows[i][c] = cand[i * cand_stride + w] of row i's c-th best
+   finite score (best first; an equal score keeps the earlier candidate), -1 past the finite ones */
+#define MAX_TOPK 4096
+
+void banyan_topk_rows(const float *scores, int64_t t, int64_t e, int64_t k, const int64_t *cand,
+                      int64_t cand_stride, int64_t *rows) {
+    float best[MAX_TOPK];
+    int64_t where[MAX_TOPK];
+    for (int64_t i = 0; i < t; i++) {
+        const float *si = scores + i * e;
+        int64_t n = 0;
+        for (int64_t w = 0; w < e; w++) {
+            float v = si[w];
+            if (!(v > -INFINITY) || (n == k && !(v > best[k - 1]))) continue;
+            int64_t at = n < k ? n++ : k - 1;
+            while (at > 0 && v > best[at - 1]) { best[at] = best[at - 1]; where[at] = where[at - 1]; at--; }
+            best[at] = v;
+            where[at] = w;
+        }
+        for (int64_t c = 0; c < k; c++) rows[i * k + c] = c < n ? cand[i * cand_stride + where[c]] : -1;
+    }
+}
 """
 
 
@@ -611,6 +634,8 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_route.restype = ctypes.c_int
     lib.banyan_hc_post.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
     lib.banyan_hc_post.restype = None
+    lib.banyan_topk_rows.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
+    lib.banyan_topk_rows.restype = None
     lib.banyan_compressor_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr]
     lib.banyan_compressor_rows.restype = None
     lib.banyan_norm_rope.argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_float, ptr, i64, ptr, ptr]
@@ -867,6 +892,26 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, c
     lib.banyan_indexer_scores(qt.data_ptr(), weights.data_ptr(), t, h, d, keys.data_ptr(), cand.data_ptr(), stride,
                               vis.data_ptr(), cand.shape[1], out.data_ptr(), _threads(t * cand.shape[1] * d * 4))
     return out
+
+
+MAX_TOPK = 4096  # largest k the native top-k takes
+
+
+def topk_rows(scores: torch.Tensor, k: int, candidates: torch.Tensor) -> torch.Tensor | None:
+    """For `scores [T, E]` fp32 CPU (from `indexer_scores`) and `candidates [T or 1, >= E]` int64:
+    `[T, k]` the candidates of each row's `k` best finite scores, best first, -1 past the finite
+    ones (what `scores.topk` then a gather and a -inf mask give, in one pass); None where it
+    does not apply."""
+    lib = library()
+    t, e = scores.shape
+    if (lib is None or not 0 < k <= min(e, MAX_TOPK) or not _cpu_f32(scores) or not candidates.is_cpu
+            or candidates.dtype is not torch.int64 or candidates.shape[1] < e or candidates.shape[0] not in (1, t)):
+        return None
+    scores, cand = scores.contiguous(), candidates.contiguous()
+    rows = torch.empty(t, k, dtype=torch.long)
+    lib.banyan_topk_rows(scores.data_ptr(), t, e, k, cand.data_ptr(), 0 if cand.shape[0] == 1 else cand.shape[1],
+                         rows.data_ptr())
+    return rows
 
 
 def _int64(x: torch.Tensor) -> torch.Tensor:

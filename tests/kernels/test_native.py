@@ -235,3 +235,20 @@ def test_native_swiglu_mlp_is_the_shared_expert():
     want = F.linear(ref_moe.swiglu(F.linear(x, w1), F.linear(x, w3), 10.0), w2)
     torch.testing.assert_close(native.swiglu_mlp(x, w1, w3, w2, 10.0), want, atol=1e-4, rtol=1e-5)
     assert native.swiglu_mlp(torch.randn(native.MOE_MAX_TOKENS + 1, 64), w1, w3, w2, 10.0) is None
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_native_topk_rows_is_topk_gather_and_mask(shared):
+    _needs_library()
+    gen = torch.Generator().manual_seed(8)
+    t, e, k = 5, 300, 16
+    scores = torch.randn(t, e, generator=gen)
+    scores[1, 10:] = float("-inf")  # a row that sees only 10 candidates
+    candidates = torch.randperm(1000, generator=gen)[:e + 7].view(1, -1).expand(1 if shared else t, -1).contiguous()
+    vals, local = scores.topk(k, dim=-1)
+    want = candidates.expand(t, -1).gather(1, local).masked_fill(vals == float("-inf"), -1)
+    got = native.topk_rows(scores, k, candidates)
+    assert torch.equal(got, want)
+    assert got[1, 10:].eq(-1).all() and got[1, :10].ge(0).all()
+    assert native.topk_rows(scores, e + 1, candidates) is None
+    assert native.topk_rows(scores, k, candidates[:, :e - 1]) is None  # fewer candidates than scores
