@@ -126,7 +126,8 @@ def _single_queries(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, 
                                    group.safe_candidates, group.visible[:, 0])  # [G, E]
     if scores is None:
         return False
-    out[:, :min(topk, scores.shape[1])].index_copy_(0, tokens, _best(scores, topk, group.candidates))
+    rows = _best(scores, topk, group.candidates)
+    out[:, :rows.shape[1]].index_copy_(0, tokens, rows)
     return True
 
 
@@ -137,13 +138,13 @@ def _native_chunk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gr
     inside, so a slab holds 1/H of the torch path's dot products); False where the native path
     does not apply (it is tried on the first slab)."""
     for slab in group.slabs(1, topk):
-        k = min(topk, slab.width)
         scores = native.indexer_scores(q.index_select(0, slab.tokens), weights.index_select(0, slab.tokens), keys,
                                        group.safe_candidates[:, :slab.width],
                                        group.visible[0, slab.queries])  # [n, width]
         if scores is None:
             return False
-        out[:, :k].index_copy_(0, slab.tokens, _best(scores, topk, group.candidates))
+        rows = _best(scores, topk, group.candidates)
+        out[:, :rows.shape[1]].index_copy_(0, slab.tokens, rows)
     return True
 
 

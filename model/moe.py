@@ -79,7 +79,6 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()  # no op call when already fp32 (hot at batch 1)
 
 
-
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
         """The gate is replicated (routing is bitwise equal on every rank). Under TP alone the

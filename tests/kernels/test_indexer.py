@@ -25,12 +25,15 @@ def group(tokens, candidates, visible):
     return QueryGroup(torch.as_tensor(tokens), candidates, visible, visible.numpy())
 
 
-@pytest.mark.parametrize("native_scores", [True, False], ids=["native-scores", "torch-slabs"])
-def test_top_k_rows_match_brute_force_and_pad_with_minus_one(monkeypatch, native_scores):
+@pytest.mark.parametrize("native_scores, native_topk", [(True, True), (True, False), (False, False)],
+                         ids=["native-scores", "native-scores-torch-topk", "torch-slabs"])
+def test_top_k_rows_match_brute_force_and_pad_with_minus_one(monkeypatch, native_scores, native_topk):
     if not native_scores:
         monkeypatch.setattr(ki.native, "indexer_scores", lambda *a: None)
     elif native.library() is None:
         pytest.skip("no C compiler here")
+    if not native_topk:
+        monkeypatch.setattr(ki.native, "topk_rows", lambda *a: None)
     gen = torch.Generator().manual_seed(0)
     t, h, d, pool, topk = 9, 4, 16, 60, 5
     q, weights, keys = torch.randn(t, h, d, generator=gen), torch.rand(t, h, generator=gen), torch.randn(pool, d, generator=gen)
