@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import native
+from .casts import fp32
 
 SCORE_BUDGET = 4 << 20  # bytes of head-wise dot products per slab (cache-sized: fastest on CPU)
 
@@ -90,7 +91,7 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gro
     t, h, d = q.shape
     width = min(topk, max((g.candidates.shape[1] for g in groups), default=0))
     out = torch.full((t, width), -1, dtype=torch.long, device=q.device)
-    q, weights = _f32(q), _f32(weights)
+    q, weights = fp32(q), fp32(weights)
     for group in groups:
         g, e = group.candidates.shape
         if group.tokens.shape[1] == 1 and _single_queries(q, weights, keys, group, topk, out):
@@ -100,7 +101,7 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, gro
         slabs = group.slabs(h, topk)
         if not slabs:
             continue
-        pool = _f32(keys.index_select(0, group.safe_candidates.view(-1)).view(g, e, d))  # [G, E, d]
+        pool = fp32(keys.index_select(0, group.safe_candidates.view(-1)).view(g, e, d))  # [G, E, d]
         for slab in slabs:
             gn, k = slab.rows.stop - slab.rows.start, min(topk, slab.width)
             qs = q.index_select(0, slab.tokens).view(gn, -1, d)  # [g, n*H, d]
@@ -158,7 +159,3 @@ def _best(scores: torch.Tensor, topk: int, candidates: torch.Tensor) -> torch.Te
     vals, local = scores.topk(k, dim=-1)  # best first
     rows = candidates.expand(scores.shape[0], -1).gather(1, local)
     return rows.masked_fill_(vals == float("-inf"), -1)
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float32 else x.float()

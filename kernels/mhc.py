@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .casts import cast, fp32
 
 
 @lru_cache(maxsize=None)
@@ -39,7 +40,7 @@ def _mix(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Ten
     """`base + scale * (fn . rms_norm(x))` for fp32 `x [T, n*D]`: `[T, fn rows]`. The RMS scale is
     applied to the projection (`[T, rows]`), not to `x`."""
     inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + norm_eps)  # [T, 1]
-    return torch.addcmul(_f32(base), F.linear(x, _f32(fn)), _f32(scale) * inv_rms)
+    return torch.addcmul(fp32(base), F.linear(x, fp32(fn)), fp32(scale) * inv_rms)
 
 
 TOKENS_LAST_MIN = 16  # tokens from which Sinkhorn runs on the tokens-last layout
@@ -83,8 +84,8 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
     if mixed is not None:
         return mixed
     t, n, _ = streams.shape
-    x = _f32(streams.flatten(1))  # [T, n*D]
-    z = _mix(x, fn, _f32(scale).index_select(0, _which_scale(n, streams.device)), base, norm_eps)  # [T, (2+n)n]
+    x = fp32(streams.flatten(1))  # [T, n*D]
+    z = _mix(x, fn, fp32(scale).index_select(0, _which_scale(n, streams.device)), base, norm_eps)  # [T, (2+n)n]
     gates = torch.sigmoid(z[:, :2 * n])  # [T, 2n]: pre, post
     pre, post = gates[:, :n] + eps, gates[:, n:] * 2
     comb = torch.softmax(z[:, 2 * n:].view(t, n, n), dim=-1).add_(eps)
@@ -99,22 +100,13 @@ def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,
     if mixed is not None:
         return mixed
     dtype = streams.dtype
-    spread = _as(post, dtype).unsqueeze(-1) * block_out.unsqueeze(1)  # [T, n, D]
-    return torch.baddbmm(spread, _as(comb, dtype).transpose(1, 2), streams)
+    spread = cast(post, dtype).unsqueeze(-1) * block_out.unsqueeze(1)  # [T, n, D]
+    return torch.baddbmm(spread, cast(comb, dtype).transpose(1, 2), streams)
 
 
 def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
             norm_eps: float, eps: float) -> torch.Tensor:
     """Collapse the streams once more after the last layer: `[T, n, D] -> [T, D]`."""
-    x = _f32(streams.flatten(1))  # [T, n*D]
+    x = fp32(streams.flatten(1))  # [T, n*D]
     pre = torch.sigmoid(_mix(x, fn, scale, base, norm_eps)) + eps  # [T, n]
     return (pre.unsqueeze(-1) * x.view(*streams.shape)).sum(1).to(streams.dtype)
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    return _as(x, torch.float32)
-
-
-def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`x.to(dtype)` without the op call when it is a no-op (each costs microseconds at batch 1)."""
-    return x if x.dtype == dtype else x.to(dtype)

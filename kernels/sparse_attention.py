@@ -31,6 +31,8 @@ from functools import cached_property
 
 import torch
 
+from .casts import cast
+
 ROW_BUDGET = 4 << 20  # bytes of gathered rows per query chunk (cache-sized: fastest on CPU)
 
 
@@ -79,19 +81,15 @@ def sparse_attention(q: torch.Tensor, kv: torch.Tensor, index: KVIndex, sink: to
     dtype = torch.float32 if q.device.type == "cpu" else q.dtype
     lists = [(kv, index)] + ([(extra, extra_index)] if extra_index is not None else [])
     step = max(1, ROW_BUDGET // (sum(i.width for _, i in lists) * d * 4))
-    qf, sink = _as(q, dtype), _as(sink, dtype)
-    biases = [_as(i.bias, dtype) for _, i in lists]
+    qf, sink = cast(q, dtype), cast(sink, dtype)
+    biases = [cast(i.bias, dtype) for _, i in lists]
     if step >= t:  # one chunk (decode): no slicing
-        rows = [_as(pool.index_select(0, i.rows.view(-1)).view(t, i.width, d), dtype) for pool, i in lists]
-        return _as(_attend(qf, rows, biases, sink, scale), q.dtype)
+        rows = [cast(pool.index_select(0, i.rows.view(-1)).view(t, i.width, d), dtype) for pool, i in lists]
+        return cast(_attend(qf, rows, biases, sink, scale), q.dtype)
     outs = []
     for a in range(0, t, step):
         b = min(t, a + step)
-        rows = [_as(pool.index_select(0, i.rows[a:b].reshape(-1)).view(b - a, i.width, d), dtype)
+        rows = [cast(pool.index_select(0, i.rows[a:b].reshape(-1)).view(b - a, i.width, d), dtype)
                 for pool, i in lists]  # per list [n, K, D]
         outs.append(_attend(qf[a:b], rows, [bias[a:b] for bias in biases], sink, scale))
-    return _as(torch.cat(outs), q.dtype)
-
-
-def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x if x.dtype == dtype else x.to(dtype)
+    return cast(torch.cat(outs), q.dtype)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import dispatch
+from ..kernels.casts import fp32
 from ..kernels.quant import QuantizedWeight
 from .config import ModelConfig
 from .linear import Linear
@@ -29,7 +30,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (expert indices `[T, k]`, weights `[T, k]` fp32)."""
-        logits = F.linear(_f32(x), _f32(self.weight))  # [T, E] fp32
+        logits = F.linear(fp32(x), fp32(self.weight))  # [T, E] fp32
         if self.hash_routed:
             return dispatch.route(logits, None, self.top_k, self.scale, self.tid2eid, input_ids)
         return dispatch.route(logits, self.bias, self.top_k, self.scale)
@@ -74,9 +75,6 @@ class SharedExpert(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dispatch.shared_expert(x, self.w1.argument(), self.w3.argument(), self.w2.argument(), self.limit)
 
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float32 else x.float()  # no op call when already fp32 (hot at batch 1)
 
 
 class MoE(nn.Module):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import linear as linear_ref
+from ...casts import cast
 from ...quant import QuantizedWeight
 from ...kv_formats import act_quant_1x128
 
@@ -23,7 +24,7 @@ def linear(x: torch.Tensor, weight: QuantizedWeight | torch.Tensor, act_fp8: boo
     """`x [..., K]` times `weight [N, K]` -> `[..., N]`."""
     x = _act_qdq(x) if act_fp8 else x
     if isinstance(weight, torch.Tensor):
-        return F.linear(x, weight if weight.dtype == x.dtype else weight.to(x.dtype))
+        return F.linear(x, cast(weight, x.dtype))
     return linear_ref.linear(x, weight)
 
 
