@@ -564,6 +564,43 @@ void banyan_topk_rows(const float *scores, int64_t t, int64_t e, int64_t k, cons
         for (int64_t c = 0; c < k; c++) rows[i * k + c] = c < n ? cand[i * cand_stride + where[c]] : -1;
     }
 }
+/* ---- the first maximum of each row (NaN counts as the maximum), as `max(dim=-1).indices`:
+   the maxima of blocks of ARGMAX_BLOCK entries in vector registers, then one scan of the first
+   block holding the row's maximum (or of the row for its first NaN). */
+#define ARGMAX_BLOCK 128
+
+static int64_t first_index(const float *row, int64_t from, int64_t to, float value) {
+    for (int64_t j = from; j < to; j++)
+        if (value != value ? row[j] != row[j] : row[j] == value) return j;
+    return from;
+}
+
+void banyan_argmax_rows(const float *x, int64_t t, int64_t v, int64_t *out) {
+    for (int64_t i = 0; i < t; i++) {
+        const float *row = x + i * v;
+        float best = -INFINITY;
+        int64_t block = 0, nan = 0, j = 0;
+        for (; j + ARGMAX_BLOCK <= v && !nan; j += ARGMAX_BLOCK) {
+            vec_f32 m, a;
+            vec_u32 odd = {0};
+            memcpy(&m, row + j, sizeof m);
+            for (int64_t c = 0; c < ARGMAX_BLOCK; c += VEC) {
+                memcpy(&a, row + j + c, sizeof a);
+                vec_u32 gt = (vec_u32)(a > m);
+                odd |= (vec_u32)(a != a);
+                m = (vec_f32)(((vec_u32)a & gt) | ((vec_u32)m & ~gt));
+            }
+            float top = m[0];
+            for (int l = 0; l < VEC; l++) { top = m[l] > top ? m[l] : top; nan |= odd[l]; }
+            if (top > best) { best = top; block = j; }
+        }
+        for (int64_t k = j; k < v && !nan; k++) {  /* the tail: entries past the last whole block */
+            nan = row[k] != row[k];
+            if (row[k] > best) { best = row[k]; block = k; }
+        }
+        out[i] = nan ? first_index(row, 0, v, NAN) : first_index(row, block, v, best);
+    }
+}
 """
 
 
@@ -636,6 +673,8 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_hc_post.restype = None
     lib.banyan_topk_rows.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr]
     lib.banyan_topk_rows.restype = None
+    lib.banyan_argmax_rows.argtypes = [ptr, i64, i64, ptr]
+    lib.banyan_argmax_rows.restype = None
     lib.banyan_compressor_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr]
     lib.banyan_compressor_rows.restype = None
     lib.banyan_norm_rope.argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_float, ptr, i64, ptr, ptr]
@@ -912,6 +951,18 @@ def topk_rows(scores: torch.Tensor, k: int, candidates: torch.Tensor) -> torch.T
     lib.banyan_topk_rows(scores.data_ptr(), t, e, k, cand.data_ptr(), 0 if cand.shape[0] == 1 else cand.shape[1],
                          rows.data_ptr())
     return rows
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """`x [T, V]` fp32 CPU -> `[T]` int64: each row's first maximum, a NaN counting as the maximum
+    (what `x.max(dim=-1).indices` gives), in one vectorised pass; None where it does not apply."""
+    lib = library()
+    if lib is None or x.dim() != 2 or x.shape[1] == 0 or not _cpu_f32(x):
+        return None
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.long)
+    lib.banyan_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
+    return out
 
 
 def _int64(x: torch.Tensor) -> torch.Tensor:

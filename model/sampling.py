@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..kernels import native
+
 
 @dataclass
 class SamplingRow:
@@ -51,7 +53,11 @@ def first_argmax(logits: torch.Tensor) -> torch.Tensor:
     maximum), exactly what `logits.max(-1).indices` gives, 3-4x faster on CPU: `max` with
     indices runs a scalar loop over V4's 129K-entry rows, `amax` a vectorised one. The row's
     maximum is found per block of `ARGMAX_BLOCK` entries; the first block holding it holds the
-    first occurrence, and only that block is searched with indices."""
+    first occurrence, and only that block is searched with indices. On the CPU the native
+    helper does the same in one call."""
+    picked = native.argmax_rows(logits)
+    if picked is not None:
+        return picked
     b, v = logits.shape
     if v % ARGMAX_BLOCK or not logits.is_contiguous():
         return logits.max(dim=-1).indices

@@ -252,3 +252,27 @@ def test_native_topk_rows_is_topk_gather_and_mask(shared):
     assert got[1, 10:].eq(-1).all() and got[1, :10].ge(0).all()
     assert native.topk_rows(scores, e + 1, candidates) is None
     assert native.topk_rows(scores, k, candidates[:, :e - 1]) is None  # fewer candidates than scores
+
+
+@pytest.mark.parametrize("v", [1, 7, 128, 129, 1000, 40 * 128, 129280])
+def test_native_argmax_is_the_first_maximum_like_max(v):
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    gen = torch.Generator().manual_seed(v)
+    x = torch.randn(7, v, generator=gen)
+    x[1] = float("-inf")
+    x[2, v // 2] = float("nan")  # NaN counts as the maximum
+    x[2, -1] = float("nan")
+    x[3, -1] = float("nan")  # a NaN in the tail past the last whole block
+    x[4, [v - 1, v // 3]] = 50.0  # a tie: the first wins
+    x[5, :] = 2.0  # all equal: the first
+    x[6, -1] = float("inf")
+    got = native.argmax_rows(x)
+    assert torch.equal(got, x.max(dim=-1).indices)
+    assert got[5].item() == 0 and got[4].item() == min(v - 1, v // 3)
+
+
+def test_native_argmax_declines_what_it_does_not_take():
+    assert native.argmax_rows(torch.randn(2, 8).double()) is None
+    assert native.argmax_rows(torch.randn(8)) is None
+    assert native.argmax_rows(torch.randn(2, 0)) is None

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from banyan.kernels import native
 
 from banyan.model.sampling import (ARGMAX_BLOCK, NUCLEUS_CANDIDATES, SamplingRow, first_argmax, sample,
                                    target_distribution)
@@ -101,7 +102,10 @@ def test_top_k_with_top_p_matches_the_full_vocabulary_form_and_draws_from_it():
     assert torch.allclose(seen, want / want.sum(), atol=0.03)  # the draw follows the distribution
 
 
-def test_first_argmax_is_the_first_maximum_like_max():
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_first_argmax_is_the_first_maximum_like_max(path, monkeypatch):
+    if path == "torch":
+        monkeypatch.setattr(native, "argmax_rows", lambda x: None)
     gen = torch.Generator().manual_seed(7)
     logits = torch.randn(6, 40 * ARGMAX_BLOCK, generator=gen)
     logits[0, [3 * ARGMAX_BLOCK + 5, 9 * ARGMAX_BLOCK]] = 50.0  # a tie across blocks: the first wins
