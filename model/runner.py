@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, overload
 
+import numpy as np
 import torch
 
 from . import threads
@@ -200,9 +201,11 @@ def forward_batch(rows: list[tuple[int, list[int], int, list[int], list[int | No
     """A `ForwardBatch` from (prefix length, new tokens, ring slot, pages, SWA pages) per request,
     built on the host in a few calls (the model moves it to the device in one copy)."""
     width = max(len(pages) for _, _, _, pages, _ in rows)
-    pages = [p + [0] * (width - len(p)) for _, _, _, p, _ in rows]
-    swa = [[0 if s is None else s for s in w] + [0] * (width - len(w)) for _, _, _, _, w in rows]
-    tables = torch.tensor([pages, swa], dtype=torch.long)  # [2, B, max_pages]
+    tables = np.zeros((2, len(rows), width), dtype=np.int64)  # [2, B, max_pages], 0-padded
+    for i, (_, _, _, pages, swa) in enumerate(rows):
+        tables[0, i, :len(pages)] = pages
+        tables[1, i, :len(swa)] = [0 if s is None else s for s in swa]
+    tables = torch.from_numpy(tables)
     return ForwardBatch(
         input_ids=torch.tensor([t for _, ids, _, _, _ in rows for t in ids], dtype=torch.long),
         prefix_lens=[prefix for prefix, _, _, _, _ in rows],
