@@ -564,6 +564,7 @@ void banyan_topk_rows(const float *scores, int64_t t, int64_t e, int64_t k, cons
         for (int64_t c = 0; c < k; c++) rows[i * k + c] = c < n ? cand[i * cand_stride + where[c]] : -1;
     }
 }
+
 /* ---- the first maximum of each row (NaN counts as the maximum), as `max(dim=-1).indices`:
    the maxima of blocks of ARGMAX_BLOCK entries in vector registers, then one scan of the first
    block holding the row's maximum (or of the row for its first NaN). */

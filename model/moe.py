@@ -76,7 +76,6 @@ class SharedExpert(nn.Module):
         return dispatch.shared_expert(x, self.w1.argument(), self.w3.argument(), self.w2.argument(), self.limit)
 
 
-
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, parallel: Parallel = SINGLE) -> None:
         """The gate is replicated (routing is bitwise equal on every rank). Under TP alone the
