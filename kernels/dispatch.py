@@ -13,13 +13,21 @@ Ops (the override keys) and their functions:
 
     gemm        linear, grouped_linear      weights as stored (dense / FP8 128x128 / FP4 1x32)
     moe         fused_moe                   routed experts
+                moe_layer                   gate, routing, routed and shared experts (fused)
     router      route                       sqrt-softplus scores, biased or hash top-k
     indexer     indexer_topk                lightning-indexer top-k over float or FP8 keys
+                indexer_select              its queries (wq_b, RoPE, head weights), then top-k (fused)
     attention   sparse_attention            sparse attention with sinks over float or FP8 pools
+                attention_output            ... then the output projections wo_a, wo_b (fused)
     mhc         hc_pre, hc_post, hc_head    hyper-connections
+                hc_pre_norm                 hc_pre, then the block's input RMS norm (fused)
     prologue    norm_rope, kv_insert        q/kv norm + RoPE (+ FP8 QDQ + paged insert)
+                attention_prologue          wq_a, q_norm, wq_b, q norm + RoPE, wkv, kv insert (fused)
     compressor  compress_close              a compressor window's entry
     sampling    sample                      sync-free Gumbel-max sampling
+
+A fused op (marked so) that a backend does not implement runs as the composition of that
+backend's smaller ops (`banyan.kernels.composed`).
 
 Optional third-party backends (FlashMLA, DeepGEMM, FlashInfer) plug in with `register`,
 only after their package imports; none ships with Banyan today. The model calls these
@@ -41,8 +49,7 @@ import torch
 from .indexer import QueryGroup
 from .quant import QuantizedWeight
 from .sparse_attention import KVIndex
-from .kv_formats import KVPool
-from .triton.ref.attention import IndexerKeys
+from .kv_formats import IndexerKeys, KVPool
 
 ENV = "BANYAN_KERNELS"
 CHOICES = ("auto", "torch", "triton")
@@ -137,7 +144,8 @@ def _module(path: str) -> ModuleType:
 
 @lru_cache(maxsize=512)
 def _resolve(op: str, fn: str, spec: str, device: torch.device) -> Callable[..., Any]:
-    return getattr(_module(_MODULES[op][_backend(op, spec, device)]), fn)
+    impl = getattr(_module(_MODULES[op][_backend(op, spec, device)]), fn, None)
+    return impl if impl is not None else getattr(_module(".composed"), fn)
 
 
 # The model makes hundreds of dispatch calls per decode step, each as cheap as a dict hit:
@@ -181,6 +189,16 @@ def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: Qua
     return _impl("moe", "fused_moe", x.device)(x, ids, weights, w1, w3, w2, limit)
 
 
+def moe_layer(x: torch.Tensor, gate: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_scale: float,
+              tid2eid: torch.Tensor | None, input_ids: torch.Tensor | None, w1: QuantizedWeight, w3: QuantizedWeight,
+              w2: QuantizedWeight, shared: tuple[QuantizedWeight | torch.Tensor, ...] | None, limit: float
+              ) -> torch.Tensor:
+    """A whole MoE layer of `x [T, D]` on one rank -> `[T, D]` in x's dtype: gate `[E, D]` logits, `route`,
+    `fused_moe`, plus the shared expert `(w1, w3, w2)` when given (see `kernels.composed.moe_layer`)."""
+    return _impl("moe", "moe_layer", x.device)(x, gate, bias, top_k, route_scale, tid2eid, input_ids, w1, w3, w2,
+                                               shared, limit)
+
+
 def shared_expert(x: torch.Tensor, w1: QuantizedWeight | torch.Tensor, w3: QuantizedWeight | torch.Tensor,
                   w2: QuantizedWeight | torch.Tensor, limit: float) -> torch.Tensor:
     """The shared expert `W2(swiglu(W1 x, W3 x))`: `x [T, D]`, `w1 / w3 [I, D]`, `w2 [D, I]` (a plain
@@ -205,6 +223,14 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, grou
     return _impl("indexer", "indexer_topk", q.device)(q, weights, keys, groups, topk)
 
 
+def indexer_select(x: torch.Tensor, qr: torch.Tensor, wq_b: QuantizedWeight | torch.Tensor,
+                   weights_proj: QuantizedWeight | torch.Tensor, heads: int, rope: torch.Tensor, keys: IndexerKeys,
+                   groups: Sequence[QueryGroup], topk: int) -> torch.Tensor:
+    """The indexer's queries from `x [T, D]` and `qr [T, R]`, then `indexer_topk` -> `[T, K]` int64
+    key rows (see `kernels.composed.indexer_select`)."""
+    return _impl("indexer", "indexer_select", x.device)(x, qr, wq_b, weights_proj, heads, rope, keys, groups, topk)
+
+
 def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Tensor, scale: float,
                      extra: KVPool | None = None, extra_index: KVIndex | None = None,
                      inv_rope: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,10 +240,28 @@ def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Te
     return _impl("attention", "sparse_attention", q.device)(q, kv, index, sink, scale, extra, extra_index, inv_rope)
 
 
+def attention_output(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Tensor, scale: float,
+                     extra: KVPool | None, extra_index: KVIndex | None, inv_rope: torch.Tensor | None,
+                     wo_a: QuantizedWeight | torch.Tensor, groups: int, wo_b: QuantizedWeight | torch.Tensor
+                     ) -> torch.Tensor:
+    """`sparse_attention` of `q [T, H, hd]`, then `wo_b(wo_a.grouped(out))` with `groups` groups of
+    `H*hd/groups` channels -> `[T, D]` in q's dtype (see `kernels.composed.attention_output`)."""
+    return _impl("attention", "attention_output", q.device)(q, kv, index, sink, scale, extra, extra_index, inv_rope,
+                                                            wo_a, groups, wo_b)
+
+
 def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
            eps: float, sinkhorn_iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`streams [T, n, D]` -> `(collapsed [T, D], post [T, n], comb [T, n, n])` (see `kernels.mhc`)."""
     return _impl("mhc", "hc_pre", streams.device)(streams, fn, scale, base, norm_eps, eps, sinkhorn_iters)
+
+
+def hc_pre_norm(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
+                eps: float, sinkhorn_iters: int, weight: torch.Tensor, out_eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`hc_pre` with the collapsed rows RMS-normed by `weight [D]` (see `kernels.composed.hc_pre_norm`)."""
+    return _impl("mhc", "hc_pre_norm", streams.device)(streams, fn, scale, base, norm_eps, eps, sinkhorn_iters,
+                                                       weight, out_eps)
 
 
 def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
@@ -242,6 +286,16 @@ def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Te
     """`kv [T, D]` -> RMS norm (`weight`) -> RoPE -> `pool[slots]` (-1: skipped); an FP8 pool, or
     `qdq=True` on a float one, applies the official FP8 QDQ to the no-RoPE dims."""
     _impl("prologue", "kv_insert", kv.device)(kv, weight, eps, rope, pool, slots, qdq)
+
+
+def attention_prologue(x: torch.Tensor, wq_a: QuantizedWeight | torch.Tensor, q_norm: torch.Tensor,
+                       wq_b: QuantizedWeight | torch.Tensor, wkv: QuantizedWeight | torch.Tensor,
+                       kv_norm: torch.Tensor, eps: float, heads: int, rope: torch.Tensor, pool: KVPool,
+                       slots: torch.Tensor, qdq: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x [T, D]` -> `(q [T, heads, hd], qr [T, R])`, inserting the kv rows into `pool` at `slots`
+    (see `kernels.composed.attention_prologue`)."""
+    return _impl("prologue", "attention_prologue", x.device)(x, wq_a, q_norm, wq_b, wkv, kv_norm, eps, heads, rope,
+                                                             pool, slots, qdq)
 
 
 def compressor_rows(x: torch.Tensor, wkv: QuantizedWeight | torch.Tensor, wgate: QuantizedWeight | torch.Tensor,

@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from . import native
+from . import composed, native
 from .casts import cast, fp32
 
 
@@ -91,6 +91,16 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
     comb = torch.softmax(z[:, 2 * n:].view(t, n, n), dim=-1).add_(eps)
     collapsed = (pre.unsqueeze(-1) * x.view(t, n, -1)).sum(1)  # [T, D]
     return collapsed.to(streams.dtype), post, sinkhorn(comb, eps, sinkhorn_iters)
+
+
+def hc_pre_norm(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
+                norm_eps: float, eps: float, sinkhorn_iters: int, weight: torch.Tensor, out_eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`kernels.composed.hc_pre_norm`: a few fp32 CPU tokens take one native call."""
+    mixed = native.hc_pre(streams, fn, scale, base, norm_eps, eps, sinkhorn_iters, weight, out_eps)
+    if mixed is not None:
+        return mixed
+    return composed.hc_pre_norm(streams, fn, scale, base, norm_eps, eps, sinkhorn_iters, weight, out_eps)
 
 
 def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,

@@ -86,6 +86,7 @@ _SOURCE = r"""
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LANES 8
@@ -176,6 +177,11 @@ static float dot(const float *a, const float *b, int64_t len) {
     return sum;
 }
 
+/* y[j] = w[j] . x for j < n (w [n, k] dense) */
+static void gemv(const float *w, const float *x, int64_t n, int64_t k, float *y) {
+    for (int64_t j = 0; j < n; j++) y[j] = dot(w + j * k, x, k);
+}
+
 /* rotate pairs (tail[2i], tail[2i+1]) by rot[i] = (cos, sin) */
 static void rotate(float *tail, const float *rot, int64_t half) {
     for (int64_t i = 0; i < half; i++) {
@@ -185,9 +191,13 @@ static void rotate(float *tail, const float *rot, int64_t half) {
     }
 }
 
+void banyan_norm_rope(const float *x, int64_t rows, int64_t d, int64_t per_token, const float *weight, float eps,
+                      const float *rope, int64_t half, float *out, const int64_t *dest);
+
+/* with out_norm, each collapsed row is then RMS-normed (eps out_eps) times out_norm: the block's input norm */
 void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float *fn, const float *scale,
-                   const float *base, float norm_eps, float eps, int64_t iters, float *collapsed, float *post,
-                   float *comb) {
+                   const float *base, float norm_eps, float eps, int64_t iters, const float *out_norm, float out_eps,
+                   float *collapsed, float *post, float *comb) {
     int64_t width = n * d, mixes = (2 + n) * n;
     for (int64_t i = 0; i < t; i++) {
         const float *xi = x + i * width;
@@ -213,6 +223,7 @@ void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float 
         for (int64_t j = 0; j < d; j++) ci[j] = pre[0] * xi[j];
         for (int64_t k = 1; k < n; k++)
             for (int64_t j = 0; j < d; j++) ci[j] += pre[k] * xi[k * d + j];
+        if (out_norm) banyan_norm_rope(ci, 1, d, 1, out_norm, out_eps, NULL, 0, ci, NULL);
     }
     banyan_sinkhorn_f32(comb, t, n, eps, iters);
 }
@@ -358,6 +369,32 @@ int banyan_route(const float *logits, int64_t t, int64_t e, const float *bias, c
     return 1;
 }
 
+/* ---- a whole MoE layer for a few tokens over dense weights, as kernels.composed.moe_layer:
+   logits = gate x [T, E]; ids, weights = banyan_route; out = the routed experts (banyan_moe_experts)
+   plus, when s1 is given, the shared expert (one expert of weight 1). Returns 0 (having written
+   nothing) where the route declines or memory runs out. */
+int banyan_moe_layer(const float *x, int64_t t, int64_t d, const float *gate, int64_t e, const float *bias,
+                     const int64_t *hash, int64_t vocab, const int64_t *tokens, int64_t k, float scale, int64_t inter,
+                     const float *w1, const float *w3, const float *w2, const float *s1, const float *s3,
+                     const float *s2, int64_t shared_inter, float limit, float *out) {
+    float *logits = malloc((size_t)(t * e) * sizeof(float)), *weights = malloc((size_t)(t * k) * sizeof(float));
+    float *shared = malloc((size_t)(t * d) * sizeof(float)), *ones = malloc((size_t)t * sizeof(float));
+    int64_t *ids = malloc((size_t)(t * k) * sizeof(int64_t)), *zeros = calloc((size_t)t, sizeof(int64_t));
+    int ok = logits && weights && shared && ones && ids && zeros;
+    for (int64_t i = 0; ok && i < t; i++) gemv(gate, x + i * d, e, d, logits + i * e);
+    ok = ok && banyan_route(logits, t, e, bias, hash, vocab, tokens, k, scale, ids, weights);
+    if (ok) {
+        banyan_moe_experts(x, t, d, inter, ids, weights, k, w1, w3, w2, limit, out);
+        if (s1) {
+            for (int64_t i = 0; i < t; i++) ones[i] = 1.0f;
+            banyan_moe_experts(x, t, d, shared_inter, zeros, ones, 1, s1, s3, s2, limit, shared);
+            for (int64_t i = 0; i < t * d; i++) out[i] += shared[i];
+        }
+    }
+    free(logits); free(weights); free(shared); free(ones); free(ids); free(zeros);
+    return ok;
+}
+
 /* ---- RMS norm (times weight, when given) then RoPE of the trailing 2 * half channels of each
    of `rows` rows of d (`per_token` rows share token r / per_token's rotation, rope[t][i] =
    (cos, sin)); row r goes to out[dest[r]] (skipped when dest[r] < 0), or to out[r] without dest */
@@ -372,6 +409,51 @@ void banyan_norm_rope(const float *x, int64_t rows, int64_t d, int64_t per_token
         for (int64_t j = 0; j < d; j++) o[j] = weight ? xr[j] * inv * weight[j] : xr[j] * inv;
         if (rope) rotate(o + d - 2 * half, rope + (r / per_token) * half * 2, half);
     }
+}
+
+/* ---- the attention prologue for a few tokens over dense weights, as kernels.composed.attention_prologue:
+   qr[t] = rms(wq_a x[t]) * qn_w; q[t][h] = rope(rms(wq_b qr[t])[h]); pool[slots[t]] = rope(rms(wkv x[t]) * kvn_w)
+   (slot -1: not written). Returns 0 (having written nothing) when a row is wider than MAX_WIDE. */
+#define MAX_WIDE 8192
+
+int banyan_attn_prologue(const float *x, int64_t t, int64_t d, const float *wq_a, int64_t r, const float *qn_w,
+                         const float *wq_b, int64_t h, int64_t hd, const float *wkv, const float *kvn_w, float eps,
+                         const float *rope, int64_t half, float *qr, float *q, float *pool, const int64_t *slots) {
+    if (r > MAX_WIDE || hd > MAX_WIDE) return 0;
+    float row[MAX_WIDE];
+    for (int64_t i = 0; i < t; i++) {
+        const float *xi = x + i * d, *rot = rope + i * half * 2;
+        float *qri = qr + i * r, *qi = q + i * h * hd;
+        gemv(wq_a, xi, r, d, row);
+        banyan_norm_rope(row, 1, r, 1, qn_w, eps, NULL, 0, qri, NULL);
+        gemv(wq_b, qri, h * hd, r, qi);
+        banyan_norm_rope(qi, h, hd, h, NULL, eps, rot, half, qi, NULL);
+        gemv(wkv, xi, hd, d, row);
+        banyan_norm_rope(row, 1, hd, 1, kvn_w, eps, rot, half, pool, slots + i);
+    }
+    return 1;
+}
+
+/* ---- sparse attention then the output projections for a few queries, as
+   kernels.composed.attention_output: o = attention (see banyan_sparse_attention) [T, H*D];
+   z[t][g] = wo_a[g] o[t][g] (groups of H*D/G channels, wo_a [G*R, H*D/G]); out[t] = wo_b z[t]
+   (wo_b [dout, G*R]). Returns 0 (having written nothing) where the attention declines. */
+int banyan_attn_output(const float *q, int64_t t, int64_t h, int64_t d, const float *kv, const int64_t *idx,
+                       const int64_t *len, int64_t ks, const float *extra, const int64_t *eidx, const int64_t *elen,
+                       int64_t kx, const float *sink, float scale, const float *rope, int64_t half,
+                       const float *wo_a, int64_t groups, int64_t rank, const float *wo_b, int64_t dout, float *out) {
+    int64_t width = h * d / groups;
+    if (groups * rank > MAX_WIDE) return 0;
+    float *att = malloc((size_t)(t * h * d) * sizeof(float)), z[MAX_WIDE];
+    if (!att) return 0;
+    int done = banyan_sparse_attention(q, t, h, d, kv, idx, len, ks, extra, eidx, elen, kx, sink, scale, rope, half, att);
+    for (int64_t i = 0; done && i < t; i++) {
+        for (int64_t g = 0; g < groups; g++)
+            gemv(wo_a + g * rank * width, att + i * h * d + g * width, rank, width, z + g * rank);
+        gemv(wo_b, z, dout, groups * rank, out + i * dout);
+    }
+    free(att);
+    return done;
 }
 
 /* ---- bf16-weight GEMV: y[r][v] = sum_k x[r][k] * w[v][k], w packed as p[v / PANEL][k][v % PANEL] */
@@ -565,6 +647,38 @@ void banyan_topk_rows(const float *scores, int64_t t, int64_t e, int64_t k, cons
     }
 }
 
+/* ---- the lightning indexer for one query per row, as kernels.composed.indexer_select over dense
+   weights: for row i (token tok[i]), q = RoPE of (wq_b qr[tok]) per head [H, hd], w = (wproj x[tok]) *
+   scale, then banyan_indexer_scores over its candidates cand[i] [E] and banyan_topk_rows: its k best
+   into rows[tok[i]]. Returns 0 (having written nothing) when out of memory. */
+int banyan_indexer_decode(const float *x, const float *qr, int64_t d, int64_t r, const int64_t *tok, int64_t g,
+                          const float *wq_b, int64_t h, int64_t hd, const float *wproj, float scale,
+                          const float *rope, int64_t half, const float *keys, const int64_t *cand, int64_t e,
+                          const int64_t *visible, int64_t k, int64_t *rows, int64_t threads) {
+    float *q = malloc((size_t)(g * h * hd) * sizeof(float)), *qt = malloc((size_t)(g * h * hd) * sizeof(float));
+    float *w = malloc((size_t)(g * h) * sizeof(float)), *scores = malloc((size_t)(g * e) * sizeof(float));
+    int64_t *best = malloc((size_t)(g * k) * sizeof(int64_t));
+    int ok = q && qt && w && scores && best;
+    for (int64_t i = 0; ok && i < g; i++) {
+        int64_t ti = tok[i];
+        float *qi = q + i * h * hd, *wi = w + i * h;
+        gemv(wq_b, qr + ti * r, h * hd, r, qi);
+        for (int64_t hh = 0; hh < h; hh++) {
+            rotate(qi + hh * hd + hd - 2 * half, rope + ti * half * 2, half);
+            for (int64_t j = 0; j < hd; j++) qt[(i * hd + j) * h + hh] = qi[hh * hd + j];
+        }
+        gemv(wproj, x + ti * d, h, d, wi);
+        for (int64_t hh = 0; hh < h; hh++) wi[hh] *= scale;
+    }
+    if (ok) {
+        banyan_indexer_scores(qt, w, g, h, hd, keys, cand, e, visible, e, scores, threads);
+        banyan_topk_rows(scores, g, e, k, cand, e, best);
+        for (int64_t i = 0; i < g; i++) memcpy(rows + tok[i] * k, best + i * k, k * sizeof(int64_t));
+    }
+    free(q); free(qt); free(w); free(scores); free(best);
+    return ok;
+}
+
 /* ---- the first maximum of each row (NaN counts as the maximum), as `max(dim=-1).indices`:
    the maxima of blocks of ARGMAX_BLOCK entries in vector registers, then one scan of the first
    block holding the row's maximum (or of the row for its first NaN). */
@@ -660,8 +774,8 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_bf16_gemv.restype = None
     lib.banyan_indexer_scores.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, i64, ptr, i64, ptr, i64]
     lib.banyan_indexer_scores.restype = None
-    lib.banyan_hc_pre.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ptr, ptr,
-                                  ptr]
+    lib.banyan_hc_pre.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, i64, ptr,
+                                  ctypes.c_float, ptr, ptr, ptr]
     lib.banyan_hc_pre.restype = None
     lib.banyan_sparse_attention.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr,
                                             ctypes.c_float, ptr, i64, ptr]
@@ -680,6 +794,18 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_compressor_rows.restype = None
     lib.banyan_norm_rope.argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_float, ptr, i64, ptr, ptr]
     lib.banyan_norm_rope.restype = None
+    lib.banyan_attn_prologue.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_float, ptr,
+                                         i64, ptr, ptr, ptr, ptr]
+    lib.banyan_attn_prologue.restype = ctypes.c_int
+    lib.banyan_attn_output.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr,
+                                       ctypes.c_float, ptr, i64, ptr, i64, i64, ptr, i64, ptr]
+    lib.banyan_attn_output.restype = ctypes.c_int
+    lib.banyan_indexer_decode.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr, i64, i64, ptr, ctypes.c_float, ptr, i64,
+                                          ptr, ptr, i64, ptr, i64, ptr, i64]
+    lib.banyan_indexer_decode.restype = ctypes.c_int
+    lib.banyan_moe_layer.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i64, ctypes.c_float, i64, ptr, ptr,
+                                     ptr, ptr, ptr, ptr, i64, ctypes.c_float, ptr]
+    lib.banyan_moe_layer.restype = ctypes.c_int
     return lib
 
 
@@ -698,19 +824,22 @@ HC_PRE_MAX_TOKENS = 16  # tokens up to which the native mix beats torch's ops (f
 
 
 def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
-           eps: float, iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """`kernels.mhc.hc_pre` for up to `HC_PRE_MAX_TOKENS` fp32 CPU tokens in one call; None where
-    the native path does not apply. Its dot products and exponentials round differently from
-    torch's (fp32 rounding); the Sinkhorn loop is the same bit for bit."""
+           eps: float, iters: int, out_norm: torch.Tensor | None = None, out_eps: float = 0.0
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`kernels.mhc.hc_pre` for up to `HC_PRE_MAX_TOKENS` fp32 CPU tokens in one call, with `out_norm
+    [D]` the collapsed rows then RMS-normed (`kernels.mhc.hc_pre_norm`); None where the native path
+    does not apply. Its dot products and exponentials round differently from torch's (fp32
+    rounding); the Sinkhorn loop is the same bit for bit."""
     lib = library()
     t, n, d = streams.shape
     if (lib is None or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N or not _cpu_f32(streams, fn, scale, base)
-            or iters < 1):
+            or iters < 1 or (out_norm is not None and not (_cpu_f32(out_norm) and out_norm.is_contiguous()))):
         return None
     x, fn, scale, base = streams.contiguous(), fn.contiguous(), scale.contiguous(), base.contiguous()
     collapsed, post, comb = x.new_empty(t, d), x.new_empty(t, n), x.new_empty(t, n, n)
     lib.banyan_hc_pre(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps, iters,
-                      collapsed.data_ptr(), post.data_ptr(), comb.data_ptr())
+                      None if out_norm is None else out_norm.data_ptr(), out_eps, collapsed.data_ptr(),
+                      post.data_ptr(), comb.data_ptr())
     return collapsed, post, comb
 
 
@@ -755,27 +884,50 @@ def sparse_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, l
     """`kernels.sparse_attention.sparse_attention` over fp32 CPU pools for up to
     `ATTENTION_MAX_QUERIES` queries, in one call, with `inv_rope [T, rd/2]` (complex) rotating each
     output's trailing channels when given; None where the native path does not apply."""
-    lib = library()
+    call = _attention_args(q, kv, indices, lengths, sink, scale, extra, extra_indices, extra_lengths, inv_rope)
+    if call is None:
+        return None
+    out = torch.empty_like(q)
+    return out if library().banyan_sparse_attention(*call[0], out.data_ptr()) else None
+
+
+def attention_output(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor,
+                     sink: torch.Tensor, scale: float, extra: torch.Tensor | None, extra_indices: torch.Tensor | None,
+                     extra_lengths: torch.Tensor | None, inv_rope: torch.Tensor | None, wo_a: torch.Tensor,
+                     groups: int, wo_b: torch.Tensor) -> torch.Tensor | None:
+    """`sparse_attention` then V4's output projections in one call: the `[T, H*D]` output in `groups`
+    groups through `wo_a [G*R, H*D/G]` (dense fp32), their `[T, G*R]` concatenation through `wo_b
+    [Dout, G*R]` -> `[T, Dout]`; None where the native path does not apply."""
+    call = _attention_args(q, kv, indices, lengths, sink, scale, extra, extra_indices, extra_lengths, inv_rope)
+    if (call is None or not _cpu_f32(wo_a, wo_b) or not (wo_a.is_contiguous() and wo_b.is_contiguous())
+            or wo_a.shape[0] % groups or wo_a.shape[1] * groups != q.shape[1] * q.shape[2]
+            or wo_b.shape[1] != wo_a.shape[0]):
+        return None
+    out = q.new_empty(q.shape[0], wo_b.shape[0])
+    done = library().banyan_attn_output(*call[0], wo_a.data_ptr(), groups, wo_a.shape[0] // groups, wo_b.data_ptr(),
+                                        wo_b.shape[0], out.data_ptr())
+    return out if done else None
+
+
+def _attention_args(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor,
+                    sink: torch.Tensor, scale: float, extra: torch.Tensor | None, extra_indices: torch.Tensor | None,
+                    extra_lengths: torch.Tensor | None, inv_rope: torch.Tensor | None) -> tuple[list, list] | None:
+    """The leading arguments of `banyan_sparse_attention` and `banyan_attn_output`, with the tensors
+    they point into (kept alive until the call); None where the native attention does not apply."""
     tensors = [q, kv, sink] + ([extra] if extra is not None else [])
-    if (lib is None or not 0 < q.shape[0] <= ATTENTION_MAX_QUERIES or q.dim() != 3
+    if (library() is None or q.dim() != 3 or not 0 < q.shape[0] <= ATTENTION_MAX_QUERIES
             or not _cpu_f32(*tensors) or not all(a.is_contiguous() for a in tensors)
             or (inv_rope is not None and (inv_rope.dtype is not torch.complex64 or not inv_rope.is_cpu))):
         return None
     table = None if inv_rope is None else torch.view_as_real(inv_rope.resolve_conj()).contiguous()  # [T, rd/2, 2]
     t, h, d = q.shape
-    out = q.new_empty(t, h, d)
     idx, lens = _int64(indices), _int64(lengths)
-    if extra is None:
-        eptr, eidx, elens, kx = None, None, None, 0
-    else:
-        eidx, elens = _int64(extra_indices), _int64(extra_lengths)
-        eptr, kx = extra.data_ptr(), eidx.shape[1]
-    done = lib.banyan_sparse_attention(q.data_ptr(), t, h, d, kv.data_ptr(), idx.data_ptr(), lens.data_ptr(),
-                                       idx.shape[1], eptr, None if eidx is None else eidx.data_ptr(),
-                                       None if elens is None else elens.data_ptr(), kx, sink.data_ptr(), scale,
-                                       None if table is None else table.data_ptr(),
-                                       0 if inv_rope is None else inv_rope.shape[-1], out.data_ptr())
-    return out if done else None
+    eidx, elens = (None, None) if extra is None else (_int64(extra_indices), _int64(extra_lengths))
+    args = [q.data_ptr(), t, h, d, kv.data_ptr(), idx.data_ptr(), lens.data_ptr(), idx.shape[1],
+            None if extra is None else extra.data_ptr(), None if eidx is None else eidx.data_ptr(),
+            None if elens is None else elens.data_ptr(), 0 if eidx is None else eidx.shape[1], sink.data_ptr(), scale,
+            None if table is None else table.data_ptr(), 0 if inv_rope is None else inv_rope.shape[-1]]
+    return args, [table, idx, lens, eidx, elens]
 
 
 PROLOGUE_MAX_TOKENS = 16  # tokens up to which the native norm + RoPE beats torch's ops
@@ -800,6 +952,30 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: to
     lib.banyan_norm_rope(x.data_ptr(), rows, d, rows // x.shape[0], None if weight is None else weight.contiguous().data_ptr(),
                          eps, table.data_ptr(), rope.shape[-1], out.data_ptr(), None if dest is None else dest.data_ptr())
     return out
+
+
+def attention_prologue(x: torch.Tensor, wq_a: torch.Tensor, q_norm: torch.Tensor, wq_b: torch.Tensor,
+                       wkv: torch.Tensor, kv_norm: torch.Tensor, eps: float, heads: int, rope: torch.Tensor,
+                       pool: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`kernels.composed.attention_prologue` (no QDQ) over dense fp32 CPU weights and an fp32 pool for up
+    to `PROLOGUE_MAX_TOKENS` tokens in one call: `(q [T, heads, hd], qr [T, R])`, the kv rows written
+    to `pool [S, hd]` at `slots [T]` (-1: skipped); None where the native path does not apply."""
+    lib = library()
+    t = x.shape[0]
+    r, hd = wq_a.shape[0], wkv.shape[0]
+    if (lib is None or x.dim() != 2 or not 0 < t <= PROLOGUE_MAX_TOKENS or rope.dtype is not torch.complex64
+            or not rope.is_cpu or not _cpu_f32(x, wq_a, q_norm, wq_b, wkv, kv_norm, pool)
+            or not all(w.is_contiguous() for w in (wq_a, q_norm, wq_b, wkv, kv_norm, pool))
+            or wq_b.shape != (heads * hd, r) or pool.shape[-1] != hd):
+        return None
+    x, dest = x.contiguous(), _int64(slots)
+    table = torch.view_as_real(rope.resolve_conj()).contiguous()  # [T, rd/2, 2] (cos, sin)
+    qr, q = x.new_empty(t, r), x.new_empty(t, heads, hd)
+    done = lib.banyan_attn_prologue(x.data_ptr(), t, x.shape[1], wq_a.data_ptr(), r, q_norm.data_ptr(),
+                                    wq_b.data_ptr(), heads, hd, wkv.data_ptr(), kv_norm.data_ptr(), eps,
+                                    table.data_ptr(), rope.shape[-1], qr.data_ptr(), q.data_ptr(), pool.data_ptr(),
+                                    dest.data_ptr())
+    return (q, qr) if done else None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor | None:
@@ -857,6 +1033,37 @@ def _experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, k: int, 
     lib.banyan_moe_experts(x.data_ptr(), x.shape[0], x.shape[1], w1.shape[-2], ids.data_ptr(), weights.data_ptr(),
                            k, w1.data_ptr(), w3.data_ptr(), w2.data_ptr(), limit, out.data_ptr())
     return out
+
+
+def moe_layer(x: torch.Tensor, gate: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_scale: float,
+              tid2eid: torch.Tensor | None, input_ids: torch.Tensor | None, w1: torch.Tensor, w3: torch.Tensor,
+              w2: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, limit: float
+              ) -> torch.Tensor | None:
+    """`kernels.composed.moe_layer` over dense fp32 CPU weights for up to `MOE_MAX_TOKENS` tokens in one
+    call: the gate `[E, D]`, routing (`route`), routed experts `w1 / w3 [E, I, D]`, `w2 [E, D, I]` and
+    the optional shared expert `(w1, w3, w2)` -> `[T, D]`; None where the native path does not apply."""
+    lib = library()
+    t, e = x.shape[0], gate.shape[0]
+    hashed = tid2eid is not None
+    weights = (gate, w1, w3, w2) + (shared or ())
+    if (lib is None or x.dim() != 2 or not 0 < t <= MOE_MAX_TOKENS or not 0 < top_k <= e <= MAX_EXPERTS
+            or not _cpu_f32(x, *weights) or not all(w.is_contiguous() for w in weights)
+            or max(w1.shape[-2], shared[0].shape[0] if shared else 0) > MAX_INTER
+            or (not hashed and (bias is None or not _cpu_f32(bias)))
+            or (hashed and (tid2eid.shape[1] != top_k or input_ids.numel() != t))):
+        return None
+    x = x.contiguous()
+    bias = None if hashed else bias.contiguous()
+    hash_rows, tokens = (_int64(tid2eid), _int64(input_ids)) if hashed else (None, None)
+    s1, s3, s2 = shared or (None, None, None)
+    out = torch.empty_like(x)
+    done = lib.banyan_moe_layer(x.data_ptr(), t, x.shape[1], gate.data_ptr(), e, None if hashed else bias.data_ptr(),
+                                hash_rows.data_ptr() if hashed else None, tid2eid.shape[0] if hashed else 0,
+                                tokens.data_ptr() if hashed else None, top_k, route_scale, w1.shape[-2],
+                                w1.data_ptr(), w3.data_ptr(), w2.data_ptr(), None if s1 is None else s1.data_ptr(),
+                                None if s3 is None else s3.data_ptr(), None if s2 is None else s2.data_ptr(),
+                                0 if s1 is None else s1.shape[0], limit, out.data_ptr())
+    return out if done else None
 
 
 # a single expert's routing (expert 0, weight 1) for each token count, made once
@@ -932,6 +1139,33 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, c
     lib.banyan_indexer_scores(qt.data_ptr(), weights.data_ptr(), t, h, d, keys.data_ptr(), cand.data_ptr(), stride,
                               vis.data_ptr(), cand.shape[1], out.data_ptr(), _threads(t * cand.shape[1] * d * 4))
     return out
+
+
+def indexer_decode(x: torch.Tensor, qr: torch.Tensor, wq_b: torch.Tensor, weights_proj: torch.Tensor, heads: int,
+                   rope: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor, candidates: torch.Tensor,
+                   visible: torch.Tensor, topk: int) -> torch.Tensor | None:
+    """`kernels.composed.indexer_select` for one group of single queries (`tokens [G]` of the `T` tokens
+    of `x [T, D]`, `qr [T, R]`, each with its `candidates [G, E]`, `visible [G]` leading ones) over
+    dense fp32 CPU weights and keys `[S, hd]`, in one call -> `[T, min(topk, E)]` int64 key rows, best
+    first, -1 padded (rows of tokens outside the group too); None where it does not apply."""
+    lib = library()
+    g, e = candidates.shape
+    hd = keys.shape[-1]
+    k = min(topk, e)
+    if (lib is None or x.dim() != 2 or not 0 < k <= MAX_TOPK or rope.dtype is not torch.complex64 or not rope.is_cpu
+            or not _cpu_f32(x, qr, wq_b, weights_proj, keys)
+            or not all(a.is_contiguous() for a in (wq_b, weights_proj, keys))
+            or wq_b.shape != (heads * hd, qr.shape[1]) or weights_proj.shape != (heads, x.shape[1])):
+        return None
+    x, qr = x.contiguous(), qr.contiguous()
+    table = torch.view_as_real(rope.resolve_conj()).contiguous()  # [T, rd/2, 2] (cos, sin)
+    tok, cand, vis = _int64(tokens), _int64(candidates), _int64(visible)
+    rows = torch.full((x.shape[0], k), -1, dtype=torch.long)
+    done = lib.banyan_indexer_decode(x.data_ptr(), qr.data_ptr(), x.shape[1], qr.shape[1], tok.data_ptr(), g,
+                                     wq_b.data_ptr(), heads, hd, weights_proj.data_ptr(), (heads * hd) ** -0.5,
+                                     table.data_ptr(), rope.shape[-1], keys.data_ptr(), cand.data_ptr(), e,
+                                     vis.data_ptr(), k, rows.data_ptr(), _threads(g * e * hd * 4))
+    return rows if done else None
 
 
 MAX_TOPK = 4096  # largest k the native top-k takes

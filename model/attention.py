@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..kernels import dispatch
-from ..kernels.rope import apply_rope_
 from ..kernels.sparse_attention import KVIndex
 from .batch import BatchPlan
 from .compressor import Compressor
@@ -37,10 +36,8 @@ class Indexer(nn.Module):
         """Write this batch's indexer keys; return each query's top-k entries as rows of the
         compressed pool (`[N, K]`, -1 padded)."""
         self.compressor(x, plan, store, rope)
-        q = self.wq_b(qr).view(x.shape[0], self.n_heads, self.head_dim)
-        q = apply_rope_(q, rope.for_kind(CSA)[0])
-        weights = self.weights_proj(x).float().mul_((self.n_heads * self.head_dim) ** -0.5)
-        rows = dispatch.indexer_topk(q, weights, store.entries, plan.indexer_groups, self.topk)
+        rows = dispatch.indexer_select(x, qr, self.wq_b.argument(), self.weights_proj.argument(), self.n_heads,
+                                       rope.for_kind(CSA)[0], store.entries, plan.indexer_groups, self.topk)
         return KVIndex(rows, plan.csa_lens)
 
 
@@ -67,18 +64,16 @@ class Attention(nn.Module):
         self.indexer = Indexer(cfg, dtype) if self.kind == CSA else None
 
     def forward(self, x: torch.Tensor, plan: BatchPlan, cache: LayerCache, rope: RopeTables) -> torch.Tensor:
-        n = x.shape[0]
         table, inverse = rope.for_kind(self.kind)
-        qr = self.q_norm(self.wq_a(x))
-        q = dispatch.norm_rope(self.wq_b(qr).view(n, self.n_heads, self.head_dim), None, self.eps, table)
-        dispatch.kv_insert(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, table, cache.swa, plan.swa_slots,
-                           cache.qdq)
+        q, qr = dispatch.attention_prologue(x, self.wq_a.argument(), self.q_norm.weight, self.wq_b.argument(),
+                                            self.wkv.argument(), self.kv_norm.weight, self.eps, self.n_heads, table,
+                                            cache.swa, plan.swa_slots, cache.qdq)
         extra, extra_index = None, None
         if self.compressor is not None:
             self.compressor(x, plan, cache.compressor, rope)
             extra = cache.compressor.entries
             extra_index = self.indexer(x, qr, plan, cache.indexer, rope) if self.indexer is not None else plan.hca
 
-        out = dispatch.sparse_attention(q, cache.swa, plan.window, self.attn_sink, self.head_dim ** -0.5, extra,
-                                        extra_index, inverse).view(n, self.groups, -1)  # [N, G, H/G * hd]
-        return self.comm.all_reduce(self.wo_b(self.wo_a.grouped(out).flatten(1)))  # wo_a: [N, G, R]
+        out = dispatch.attention_output(q, cache.swa, plan.window, self.attn_sink, self.head_dim ** -0.5, extra,
+                                        extra_index, inverse, self.wo_a.argument(), self.groups, self.wo_b.argument())
+        return self.comm.all_reduce(out)  # [N, D]

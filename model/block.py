@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.dispatch import hc_post, hc_pre
+from ..kernels.dispatch import hc_post, hc_pre_norm
 from .attention import Attention
 from .batch import BatchPlan
 from .config import ModelConfig
@@ -35,14 +35,17 @@ class Block(nn.Module):
         _hc_params(self, "hc_attn", cfg)
         _hc_params(self, "hc_ffn", cfg)
 
-    def _mix(self, streams: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _mix(self, streams: torch.Tensor, prefix: str, norm: RMSNorm
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The streams collapsed into the sub-block's normed input, with its post and comb mixes."""
         c = self.cfg
-        return hc_pre(streams, getattr(self, f"{prefix}_fn"), getattr(self, f"{prefix}_scale"),
-                      getattr(self, f"{prefix}_base"), c.rms_norm_eps, c.hc_eps, c.hc_sinkhorn_iters)
+        return hc_pre_norm(streams, getattr(self, f"{prefix}_fn"), getattr(self, f"{prefix}_scale"),
+                           getattr(self, f"{prefix}_base"), c.rms_norm_eps, c.hc_eps, c.hc_sinkhorn_iters,
+                           norm.weight, norm.eps)
 
     def forward(self, streams: torch.Tensor, input_ids: torch.Tensor, plan: BatchPlan, cache: LayerCache,
                 rope: RopeTables) -> torch.Tensor:
-        x, post, comb = self._mix(streams, "hc_attn")
-        streams = hc_post(self.attn(self.attn_norm(x), plan, cache, rope), streams, post, comb)
-        x, post, comb = self._mix(streams, "hc_ffn")
-        return hc_post(self.ffn(self.ffn_norm(x), input_ids), streams, post, comb)
+        x, post, comb = self._mix(streams, "hc_attn", self.attn_norm)
+        streams = hc_post(self.attn(x, plan, cache, rope), streams, post, comb)
+        x, post, comb = self._mix(streams, "hc_ffn", self.ffn_norm)
+        return hc_post(self.ffn(x, input_ids), streams, post, comb)

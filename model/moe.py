@@ -4,11 +4,9 @@ SwiGLU experts with clamps, one shared expert."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import dispatch
-from ..kernels.casts import fp32
+from ..kernels import composed, dispatch
 from ..kernels.quant import QuantizedWeight
 from .config import ModelConfig
 from .linear import Linear
@@ -30,10 +28,13 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (expert indices `[T, k]`, weights `[T, k]` fp32)."""
-        logits = F.linear(fp32(x), fp32(self.weight))  # [T, E] fp32
+        return composed.gate(x, self.weight, *self.routing(input_ids))
+
+    def routing(self, input_ids: torch.Tensor) -> tuple:
+        """The router's arguments after the gate weight: `(bias, top_k, scale, tid2eid, input_ids)`."""
         if self.hash_routed:
-            return dispatch.route(logits, None, self.top_k, self.scale, self.tid2eid, input_ids)
-        return dispatch.route(logits, self.bias, self.top_k, self.scale)
+            return None, self.top_k, self.scale, self.tid2eid, input_ids
+        return self.bias, self.top_k, self.scale, None, None
 
 
 class Experts(nn.Module):
@@ -55,7 +56,11 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: `[T, D]`, idx / weights: `[T, k]` -> `[T, D]`."""
-        return dispatch.fused_moe(x, idx, weights, _weight(self.w1), _weight(self.w3), _weight(self.w2), self.limit)
+        return dispatch.fused_moe(x, idx, weights, *self.weights(), self.limit)
+
+    def weights(self) -> tuple[QuantizedWeight, QuantizedWeight, QuantizedWeight]:
+        """`(w1, w3, w2)` as the dispatch ops take them."""
+        return _weight(self.w1), _weight(self.w3), _weight(self.w2)
 
 
 def _weight(w: nn.Parameter | Linear) -> QuantizedWeight:
@@ -73,7 +78,11 @@ class SharedExpert(nn.Module):
         self.w2 = Linear(i, d, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.shared_expert(x, self.w1.argument(), self.w3.argument(), self.w2.argument(), self.limit)
+        return dispatch.shared_expert(x, *self.weights(), self.limit)
+
+    def weights(self) -> tuple[QuantizedWeight | torch.Tensor, ...]:
+        """`(w1, w3, w2)` as the dispatch ops take them."""
+        return self.w1.argument(), self.w3.argument(), self.w2.argument()
 
 
 class MoE(nn.Module):
@@ -89,11 +98,11 @@ class MoE(nn.Module):
         self.shared_experts = SharedExpert(cfg, dtype, parallel) if cfg.n_shared_experts else None
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.parallel.ep == 1:
+            out = dispatch.moe_layer(x, self.gate.weight, *self.gate.routing(input_ids), *self.experts.weights(),
+                                     self.shared_experts.weights() if self.shared_experts is not None else None,
+                                     self.experts.limit)
+            return self.parallel.tp_comm.all_reduce(out)
         idx, weights = self.gate(x, input_ids)
-        if self.parallel.ep > 1:
-            out = expert_parallel_moe(x, idx, weights, self.experts, self.parallel, self.n_routed)
-        else:
-            out = self.experts(x, idx, weights)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
-        return self.parallel.tp_comm.all_reduce(out) if self.parallel.ep == 1 else out
+        out = expert_parallel_moe(x, idx, weights, self.experts, self.parallel, self.n_routed)
+        return out + self.shared_experts(x) if self.shared_experts is not None else out

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import torch
 
+from ... import composed
 from ... import indexer as indexer_ref
 from ... import native
 from ... import sparse_attention as attention_ref
@@ -51,6 +52,24 @@ def sparse_attention(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Te
     return apply_rope_(out, inv_rope) if inv_rope is not None else out
 
 
+def attention_output(q: torch.Tensor, kv: KVPool, index: KVIndex, sink: torch.Tensor, scale: float,
+                     extra: KVPool | None, extra_index: KVIndex | None, inv_rope: torch.Tensor | None,
+                     wo_a: QuantizedWeight | torch.Tensor, groups: int, wo_b: QuantizedWeight | torch.Tensor
+                     ) -> torch.Tensor:
+    """`kernels.composed.attention_output` over float or FP8 pools; a few fp32 CPU queries over dense
+    weights take one native call (FP8 pools through their dequantised rows, as `sparse_attention`)."""
+    if isinstance(wo_a, torch.Tensor) and isinstance(wo_b, torch.Tensor):
+        kv, index = _float_pool(kv, index)
+        if extra is not None:
+            extra, extra_index = _float_pool(extra, extra_index)
+        lists = (None, None) if extra_index is None else (extra_index.indices, extra_index.lengths)
+        out = native.attention_output(q, kv, index.indices, index.lengths, sink, scale, extra, *lists, inv_rope,
+                                      wo_a, groups, wo_b)
+        if out is not None:
+            return out
+    return composed.attention_output(q, kv, index, sink, scale, extra, extra_index, inv_rope, wo_a, groups, wo_b)
+
+
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, groups: Sequence[QueryGroup],
                  topk: int) -> torch.Tensor:
     """`kernels.indexer.indexer_topk` over float or FP8 keys."""
@@ -65,6 +84,21 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: IndexerKeys, grou
         out = indexer_ref.indexer_topk(q, weights, dense, remapped, topk)
         return torch.where(out >= 0, rows.clamp(min=0)[out.clamp(min=0)], -1)
     return indexer_ref.indexer_topk(q, weights, keys, groups, topk)
+
+
+def indexer_select(x: torch.Tensor, qr: torch.Tensor, wq_b: QuantizedWeight | torch.Tensor,
+                   weights_proj: QuantizedWeight | torch.Tensor, heads: int, rope: torch.Tensor, keys: IndexerKeys,
+                   groups: Sequence[QueryGroup], topk: int) -> torch.Tensor:
+    """`kernels.composed.indexer_select`; a group of single fp32 CPU queries (a decode batch) over float
+    keys and dense weights takes one native call."""
+    if (len(groups) == 1 and groups[0].tokens.shape[1] == 1 and isinstance(keys, torch.Tensor)
+            and isinstance(wq_b, torch.Tensor) and isinstance(weights_proj, torch.Tensor)):
+        g = groups[0]
+        rows = native.indexer_decode(x, qr, wq_b, weights_proj, heads, rope, keys, g.tokens, g.candidates,
+                                     g.visible, topk)
+        if rows is not None:
+            return rows
+    return composed.indexer_select(x, qr, wq_b, weights_proj, heads, rope, keys, groups, topk)
 
 
 def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: torch.Tensor | None) -> torch.Tensor:
@@ -84,6 +118,19 @@ def kv_insert(kv: torch.Tensor, weight: torch.Tensor, eps: float, rope: torch.Te
     if not qdq and isinstance(pool, torch.Tensor) and native.norm_rope(kv, weight, eps, rope, pool, slots) is not None:
         return
     _write_entries(apply_rope_(rms_norm(kv, weight, eps), rope), 2 * rope.shape[-1], pool, slots, qdq)
+
+
+def attention_prologue(x: torch.Tensor, wq_a: QuantizedWeight | torch.Tensor, q_norm: torch.Tensor,
+                       wq_b: QuantizedWeight | torch.Tensor, wkv: QuantizedWeight | torch.Tensor,
+                       kv_norm: torch.Tensor, eps: float, heads: int, rope: torch.Tensor, pool: KVPool,
+                       slots: torch.Tensor, qdq: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`kernels.composed.attention_prologue`; a few fp32 CPU tokens over dense weights and a float pool
+    (no QDQ) take one native call."""
+    if not qdq and isinstance(pool, torch.Tensor) and all(isinstance(w, torch.Tensor) for w in (wq_a, wq_b, wkv)):
+        out = native.attention_prologue(x, wq_a, q_norm, wq_b, wkv, kv_norm, eps, heads, rope, pool, slots)
+        if out is not None:
+            return out
+    return composed.attention_prologue(x, wq_a, q_norm, wq_b, wkv, kv_norm, eps, heads, rope, pool, slots, qdq)
 
 
 def compressor_rows(x: torch.Tensor, wkv: QuantizedWeight | torch.Tensor, wgate: QuantizedWeight | torch.Tensor,

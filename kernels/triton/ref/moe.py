@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ... import native
+from ... import composed, native
 from ...linear import expert_linear, linear
 from ...quant import QuantizedWeight
 
@@ -74,6 +74,19 @@ def fused_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: Qua
     if x.shape[0] * w1.data[0].numel() * experts <= DENSE_MACS:
         return _dense(x, ids, weights, w1.data, w3.data, w2.data, limit)
     return _grouped(x, ids, weights, w1.data, w3.data, w2.data, limit)
+
+
+def moe_layer(x: torch.Tensor, gate: torch.Tensor, bias: torch.Tensor | None, top_k: int, route_scale: float,
+              tid2eid: torch.Tensor | None, input_ids: torch.Tensor | None, w1: QuantizedWeight, w3: QuantizedWeight,
+              w2: QuantizedWeight, shared: tuple[QuantizedWeight | torch.Tensor, ...] | None, limit: float
+              ) -> torch.Tensor:
+    """`kernels.composed.moe_layer`; a few fp32 CPU tokens over dense weights take one native call."""
+    if w1.fmt == w3.fmt == w2.fmt == "dense" and all(isinstance(w, torch.Tensor) for w in shared or ()):
+        out = native.moe_layer(x, gate, bias, top_k, route_scale, tid2eid, input_ids, w1.data, w3.data, w2.data,
+                               shared, limit)
+        if out is not None:
+            return out
+    return composed.moe_layer(x, gate, bias, top_k, route_scale, tid2eid, input_ids, w1, w3, w2, shared, limit)
 
 
 def shared_expert(x: torch.Tensor, w1: QuantizedWeight | torch.Tensor, w3: QuantizedWeight | torch.Tensor,
