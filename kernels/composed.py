@@ -78,3 +78,33 @@ def hc_pre_norm(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, ba
     `(normed [T, D], post [T, n], comb [T, n, n])`."""
     collapsed, post, comb = dispatch.hc_pre(streams, fn, scale, base, norm_eps, eps, sinkhorn_iters)
     return rms_norm(collapsed, weight, out_eps), post, comb
+
+
+def gather_rows(rows: torch.Tensor, ring: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Compressor rows `[..., 2, W]` addressed by `source [4, ...]` int64 = (from this batch, flat
+    token index into `rows [N, 2, W]`, flat row of `ring [R, 2, W]`, valid): the batch's row or the
+    ring's."""
+    from_batch, token, ring_row = source[0], source[1], source[2]
+    shape, row = token.shape, rows.shape[1:]
+    batch_rows = rows.index_select(0, token.reshape(-1)).view(*shape, *row)
+    ring_rows = ring.view(-1, *row).index_select(0, ring_row.reshape(-1)).view(*shape, *row)
+    return torch.where((from_batch != 0)[..., None, None], batch_rows, ring_rows)
+
+
+def compress_emit(rows: torch.Tensor, ring: torch.Tensor, source: torch.Tensor, overlap: bool, weight: torch.Tensor,
+                  eps: float, rope: torch.Tensor, pool: KVPool, slots: torch.Tensor, qdq: bool = False) -> None:
+    """Close the compressor windows whose slots `source [4, E, S]` lists (`gather_rows`; invalid slots
+    are empty): with `overlap` (CSA, S = 2m), the first m slots give their Ca half (channels `[0, d)`)
+    and the last m their Cb half, then `dispatch.compress_close` into `pool` at `slots [E]`."""
+    gathered = gather_rows(rows, ring, source)  # [E, S, 2, W]
+    if overlap:
+        m, d = gathered.shape[1] // 2, gathered.shape[-1] // 2
+        gathered = torch.cat([gathered[:, :m, :, :d], gathered[:, m:, :, d:]], dim=1)
+    score = gathered[:, :, 1].masked_fill((source[3] == 0).unsqueeze(-1), float("-inf"))
+    dispatch.compress_close(gathered[:, :, 0], score, weight, eps, rope, pool, slots, qdq)
+
+
+def hc_head_norm(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
+                 eps: float, weight: torch.Tensor, out_eps: float) -> torch.Tensor:
+    """`dispatch.hc_head`, then the model's final RMS norm (`weight`, `out_eps`): `[T, n, D] -> [T, D]`."""
+    return rms_norm(dispatch.hc_head(streams, fn, scale, base, norm_eps, eps), weight, out_eps)

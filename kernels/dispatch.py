@@ -20,10 +20,11 @@ Ops (the override keys) and their functions:
     attention   sparse_attention            sparse attention with sinks over float or FP8 pools
                 attention_output            ... then the output projections wo_a, wo_b (fused)
     mhc         hc_pre, hc_post, hc_head    hyper-connections
-                hc_pre_norm                 hc_pre, then the block's input RMS norm (fused)
+                hc_pre_norm, hc_head_norm   hc_pre / hc_head, then an RMS norm (fused)
     prologue    norm_rope, kv_insert        q/kv norm + RoPE (+ FP8 QDQ + paged insert)
                 attention_prologue          wq_a, q_norm, wq_b, q norm + RoPE, wkv, kv insert (fused)
     compressor  compress_close              a compressor window's entry
+                compress_emit               ... gathered from the batch and the ring (fused)
     sampling    sample                      sync-free Gumbel-max sampling
 
 A fused op (marked so) that a backend does not implement runs as the composition of that
@@ -275,6 +276,12 @@ def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
     return _impl("mhc", "hc_head", streams.device)(streams, fn, scale, base, norm_eps, eps)
 
 
+def hc_head_norm(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
+                 eps: float, weight: torch.Tensor, out_eps: float) -> torch.Tensor:
+    """`hc_head`, then the final RMS norm by `weight [D]` (see `kernels.composed.hc_head_norm`)."""
+    return _impl("mhc", "hc_head_norm", streams.device)(streams, fn, scale, base, norm_eps, eps, weight, out_eps)
+
+
 def norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rope: torch.Tensor | None) -> torch.Tensor:
     """RMS norm of `x [T, H, D]` over D (times `weight [D]` if given), then RoPE of the trailing
     dims by `rope [T, rd/2]` (complex) -> `[T, H, D]` in x's dtype."""
@@ -310,6 +317,13 @@ def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, 
     """Closed windows `kv, score [E, S, d]` -> per-channel softmax pool over S -> RMS norm -> RoPE
     (`rope [E, rd/2]`) -> (QDQ) -> `pool[slots]` (-1: skipped)."""
     _impl("compressor", "compress_close", kv.device)(kv, score, weight, eps, rope, pool, slots, qdq)
+
+
+def compress_emit(rows: torch.Tensor, ring: torch.Tensor, source: torch.Tensor, overlap: bool, weight: torch.Tensor,
+                  eps: float, rope: torch.Tensor, pool: KVPool, slots: torch.Tensor, qdq: bool = False) -> None:
+    """The entries of the windows closing in a batch, from its compressor rows `[N, 2, W]` and the
+    request rings, into `pool` at `slots` (see `kernels.composed.compress_emit`)."""
+    _impl("compressor", "compress_emit", rows.device)(rows, ring, source, overlap, weight, eps, rope, pool, slots, qdq)
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:

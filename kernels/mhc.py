@@ -117,6 +117,18 @@ def hc_post(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor,
 def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
             norm_eps: float, eps: float) -> torch.Tensor:
     """Collapse the streams once more after the last layer: `[T, n, D] -> [T, D]`."""
+    collapsed = native.hc_head(streams, fn, scale, base, norm_eps, eps)
+    if collapsed is not None:
+        return collapsed
     x = fp32(streams.flatten(1))  # [T, n*D]
     pre = torch.sigmoid(_mix(x, fn, scale, base, norm_eps)) + eps  # [T, n]
     return (pre.unsqueeze(-1) * x.view(*streams.shape)).sum(1).to(streams.dtype)
+
+
+def hc_head_norm(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
+                 norm_eps: float, eps: float, weight: torch.Tensor, out_eps: float) -> torch.Tensor:
+    """`kernels.composed.hc_head_norm`: a few fp32 CPU tokens take one native call."""
+    normed = native.hc_head(streams, fn, scale, base, norm_eps, eps, weight, out_eps)
+    if normed is not None:
+        return normed
+    return composed.hc_head_norm(streams, fn, scale, base, norm_eps, eps, weight, out_eps)

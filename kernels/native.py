@@ -228,6 +228,25 @@ void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float 
     banyan_sinkhorn_f32(comb, t, n, eps, iters);
 }
 
+/* ---- mHC's last collapse for a few tokens, as kernels.mhc.hc_head: pre[k] = sigmoid(base[k] +
+   (fn[k] . x) * scale[0] / rms(x)) + eps, out = sum_k pre[k] x[k] (x [T, n*D] -> out [T, D]); with
+   out_norm, out is then RMS-normed (eps out_eps) times out_norm: the model's final norm */
+void banyan_hc_head(const float *x, int64_t t, int64_t n, int64_t d, const float *fn, const float *scale,
+                    const float *base, float norm_eps, float eps, const float *out_norm, float out_eps, float *out) {
+    int64_t width = n * d;
+    for (int64_t i = 0; i < t; i++) {
+        const float *xi = x + i * width;
+        float inv_rms = 1.0f / sqrtf(dot(xi, xi, width) / (float)width + norm_eps), pre[MAX_N];
+        for (int64_t k = 0; k < n; k++)
+            pre[k] = 1.0f / (1.0f + expf(-(base[k] + dot(fn + k * width, xi, width) * (scale[0] * inv_rms)))) + eps;
+        float *oi = out + i * d;
+        for (int64_t j = 0; j < d; j++) oi[j] = pre[0] * xi[j];
+        for (int64_t k = 1; k < n; k++)
+            for (int64_t j = 0; j < d; j++) oi[j] += pre[k] * xi[k * d + j];
+        if (out_norm) banyan_norm_rope(oi, 1, d, 1, out_norm, out_eps, NULL, 0, oi, NULL);
+    }
+}
+
 /* ---- sparse attention with a sink for a few queries, as kernels.sparse_attention:
    each query's used rows of the window list (idx) and the extra list (eidx): j < length and
    index >= 0; one softmax per head over their scores and the sink; with `rope`, each output's
@@ -454,6 +473,37 @@ int banyan_attn_output(const float *q, int64_t t, int64_t h, int64_t d, const fl
     }
     free(att);
     return done;
+}
+
+/* ---- compressor windows closing, as kernels.composed.compress_emit over fp32 rows, ring and pool:
+   entry i pools its s slots, slot j's row being rows[src[1]] when src[0] (this batch) else ring[src[2]]
+   (rows and ring [.., 2, w]: kv then score), empty when src[3] == 0; with overlap, slots j < s/2 take
+   channels [0, d) and the others [d, 2d). Per channel a softmax over the slots' scores weights their
+   kv; the pooled row is RMS-normed (weight), RoPE'd by rope[i] and stored at pool[slots[i]] (-1:
+   skipped). src is [4][e * s]. Returns 0 (having written nothing) when d > MAX_WIDE. */
+int banyan_compress_emit(const float *rows, const float *ring, int64_t w, const int64_t *src, int64_t e, int64_t s,
+                         int64_t d, int overlap, const float *weight, float eps, const float *rope, int64_t half,
+                         float *pool, const int64_t *slots) {
+    if (d > MAX_WIDE) return 0;
+    const int64_t n = e * s, *batch = src, *token = src + n, *ring_row = src + 2 * n, *valid = src + 3 * n;
+    float top[MAX_WIDE], total[MAX_WIDE], pooled[MAX_WIDE];
+    for (int64_t i = 0; i < e; i++) {
+        for (int64_t c = 0; c < d; c++) { top[c] = -INFINITY; total[c] = 0.0f; pooled[c] = 0.0f; }
+        for (int pass = 0; pass < 3; pass++)  /* channel maxima, the softmax sums, the weighted kv */
+            for (int64_t j = 0; j < s; j++) {
+                int64_t at = i * s + j;
+                if (!valid[at]) continue;
+                const float *row = batch[at] ? rows + token[at] * 2 * w : ring + ring_row[at] * 2 * w;
+                const float *kv = row + (overlap && j >= s / 2 ? d : 0), *score = kv + w;
+                for (int64_t c = 0; c < d; c++) {
+                    if (pass == 0) top[c] = score[c] > top[c] ? score[c] : top[c];
+                    else if (pass == 1) total[c] += expf(score[c] - top[c]);
+                    else pooled[c] += kv[c] * (expf(score[c] - top[c]) / total[c]);
+                }
+            }
+        banyan_norm_rope(pooled, 1, d, 1, weight, eps, rope + i * half * 2, half, pool, slots + i);
+    }
+    return 1;
 }
 
 /* ---- bf16-weight GEMV: y[r][v] = sum_k x[r][k] * w[v][k], w packed as p[v / PANEL][k][v % PANEL] */
@@ -806,6 +856,12 @@ def library() -> ctypes.CDLL | None:
     lib.banyan_moe_layer.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64, ptr, i64, ctypes.c_float, i64, ptr, ptr,
                                      ptr, ptr, ptr, ptr, i64, ctypes.c_float, ptr]
     lib.banyan_moe_layer.restype = ctypes.c_int
+    lib.banyan_compress_emit.argtypes = [ptr, ptr, i64, ptr, i64, i64, i64, ctypes.c_int, ptr, ctypes.c_float, ptr,
+                                         i64, ptr, ptr]
+    lib.banyan_compress_emit.restype = ctypes.c_int
+    lib.banyan_hc_head.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, ptr,
+                                   ctypes.c_float, ptr]
+    lib.banyan_hc_head.restype = None
     return lib
 
 
@@ -841,6 +897,23 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
                       None if out_norm is None else out_norm.data_ptr(), out_eps, collapsed.data_ptr(),
                       post.data_ptr(), comb.data_ptr())
     return collapsed, post, comb
+
+
+def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
+            eps: float, out_norm: torch.Tensor | None = None, out_eps: float = 0.0) -> torch.Tensor | None:
+    """`kernels.mhc.hc_head` for up to `HC_PRE_MAX_TOKENS` fp32 CPU tokens in one call, with `out_norm [D]`
+    then the final RMS norm (`kernels.mhc.hc_head_norm`); None where the native path does not apply."""
+    lib = library()
+    t, n, d = streams.shape
+    tensors = (fn, scale, base) + (() if out_norm is None else (out_norm,))
+    if (lib is None or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N or not _cpu_f32(streams, *tensors)
+            or not all(a.is_contiguous() for a in tensors) or fn.shape != (n, n * d)):
+        return None
+    x = streams.contiguous()
+    out = x.new_empty(t, d)
+    lib.banyan_hc_head(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps,
+                       None if out_norm is None else out_norm.data_ptr(), out_eps, out.data_ptr())
+    return out
 
 
 def compressor_rows(x: torch.Tensor, wkv: torch.Tensor, wgate: torch.Tensor, ape: torch.Tensor,
@@ -928,6 +1001,23 @@ def _attention_args(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, le
             None if elens is None else elens.data_ptr(), 0 if eidx is None else eidx.shape[1], sink.data_ptr(), scale,
             None if table is None else table.data_ptr(), 0 if inv_rope is None else inv_rope.shape[-1]]
     return args, [table, idx, lens, eidx, elens]
+
+
+def compress_emit(rows: torch.Tensor, ring: torch.Tensor, source: torch.Tensor, overlap: bool, weight: torch.Tensor,
+                  eps: float, rope: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor) -> bool:
+    """`kernels.composed.compress_emit` (no QDQ) over fp32 CPU rows `[N, 2, W]`, ring and pool `[S, d]`
+    in one call; False (nothing written) where the native path does not apply."""
+    lib = library()
+    d = pool.shape[-1]
+    if (lib is None or source.dim() != 3 or rope.dtype is not torch.complex64 or not rope.is_cpu
+            or not _cpu_f32(rows, ring, weight, pool) or not all(a.is_contiguous() for a in (rows, ring, pool))
+            or rows.shape[-1] != (2 * d if overlap else d) or ring.shape[-2:] != rows.shape[1:]):
+        return False
+    src, dest = _int64(source), _int64(slots)
+    table = torch.view_as_real(rope.resolve_conj()).contiguous()  # [E, rd/2, 2] (cos, sin)
+    return bool(lib.banyan_compress_emit(rows.data_ptr(), ring.data_ptr(), rows.shape[-1], src.data_ptr(),
+                                         src.shape[1], src.shape[2], d, int(overlap), weight.contiguous().data_ptr(),
+                                         eps, table.data_ptr(), rope.shape[-1], pool.data_ptr(), dest.data_ptr()))
 
 
 PROLOGUE_MAX_TOKENS = 16  # tokens up to which the native norm + RoPE beats torch's ops

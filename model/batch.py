@@ -13,7 +13,6 @@ value back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -54,23 +53,6 @@ class ForwardBatch:
         return len(self.extend_lens)
 
 
-class RowSource:
-    """Rows addressed by (request, position), from this batch's tokens or from the ring:
-    `fields [4, ...]` = (from batch, flat token index, flat ring row, position >= 0)."""
-
-    def __init__(self, fields: torch.Tensor) -> None:
-        self._fields = fields
-        self.token_index, self.ring_row = fields[1], fields[2]
-
-    @cached_property
-    def from_batch(self) -> torch.Tensor:
-        return self._fields[0] != 0
-
-    @cached_property
-    def valid(self) -> torch.Tensor:
-        return self._fields[3] != 0
-
-
 @dataclass
 class EmissionPlan:
     """What the compressors of one kind write in this batch: ring rows always, and where the
@@ -81,11 +63,11 @@ class EmissionPlan:
     num_entries: int = 0
     entry_slots: torch.Tensor | None = None  # [E] pool slot of each new entry
     entry_pos: torch.Tensor | None = None  # [E] position of the entry (w * m), for RoPE
-    row_source: RowSource | None = None  # [E, window] rows pooled into each entry
+    row_source: torch.Tensor | None = None  # [4, E, window] rows pooled into each entry (see `kernels.composed.gather_rows`)
     num_snapshots: int = 0
     snapshot_pages: torch.Tensor | None = None  # [P] sliding-window page of each page closing here (CSA only)
     snapshot_homes: tuple[np.ndarray, np.ndarray] | None = None  # host: (compressed page, its SWA page)
-    snapshot_source: RowSource | None = None  # [P, m] rows of each closing page's last window
+    snapshot_source: torch.Tensor | None = None  # [4, P, m] rows of each closing page's last window
 
 
 class _HostBuffer:
@@ -206,7 +188,7 @@ class BatchPlan:
 
     # ---- compressor emissions ------------------------------------------------------------
     def _rows(self, req: np.ndarray, pos: np.ndarray, ring_size: int) -> np.ndarray:
-        """`[4, ...]` RowSource fields for positions `pos` of requests `req`."""
+        """`[4, ...]` row sources (`kernels.composed.gather_rows`) of positions `pos` of requests `req`."""
         prefix = self._prefix[req]
         from_batch = pos >= prefix
         return np.stack(np.broadcast_arrays(from_batch, np.where(from_batch, self._starts[req] + pos - prefix, 0),
@@ -243,9 +225,9 @@ class BatchPlan:
             plan = EmissionPlan(ring_dest=ring_dest, ring_src=ring_src)
             if h_entries is not None:
                 plan.entry_slots, plan.entry_pos = t[h_entries].unbind(0)
-                plan.num_entries, plan.row_source = plan.entry_slots.numel(), RowSource(t[h_rows])
+                plan.num_entries, plan.row_source = plan.entry_slots.numel(), t[h_rows]
             if h_snap is not None:
-                plan.snapshot_pages, plan.snapshot_source = t[h_snap[0]], RowSource(t[h_snap[1]])
+                plan.snapshot_pages, plan.snapshot_source = t[h_snap[0]], t[h_snap[1]]
                 plan.snapshot_homes = h_snap[2]
                 plan.num_snapshots = plan.snapshot_pages.numel()
             return plan

@@ -5,8 +5,9 @@ are `2d` wide: the first half (Ca) feeds the *next* window's entry, the second h
 the current window's. Entries are RMS-normed and RoPE'd at position `w * m`.
 
 What closes in a batch (entries, page snapshots) is known from the batch's lengths, so
-the plan decides on the host which steps run; no step looks at device values. A closing
-window's pooling, norm, RoPE and insert is one `kernels.dispatch.compress_close`.
+the plan decides on the host which steps run; no step looks at device values. Closing
+windows (gathered from the batch and the rings, pooled, normed, RoPE'd, inserted) are one
+`kernels.dispatch.compress_emit`.
 """
 
 from __future__ import annotations
@@ -14,21 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import dispatch
-from .batch import BatchPlan, RowSource
+from ..kernels import composed, dispatch
+from .batch import BatchPlan
 from .kv_cache import CompressorStore
 from .linear import Linear
 from .norm import RMSNorm
 from .positional import RopeTables
-
-
-def _gather_rows(rows: torch.Tensor, ring: torch.Tensor, src: RowSource) -> torch.Tensor:
-    """Rows `[..., 2, width]` for each (request, position) of `src`."""
-    shape, row = src.token_index.shape, rows.shape[1:]
-    ring_flat = ring.view(-1, *row)
-    from_batch = rows.index_select(0, src.token_index.reshape(-1)).view(*shape, *row)
-    from_ring = ring_flat.index_select(0, src.ring_row.reshape(-1)).view(*shape, *row)
-    return torch.where(src.from_batch[..., None, None], from_batch, from_ring)
 
 
 class Compressor(nn.Module):
@@ -50,16 +42,12 @@ class Compressor(nn.Module):
         em = plan.emissions[(m, self.overlap)]
 
         if em.num_entries:
-            slots = _gather_rows(rows, store.ring, em.row_source)  # [E, S, 2, width]
-            if self.overlap:  # Ca of the previous window, then Cb of this one
-                slots = torch.cat([slots[:, :m, :, :d], slots[:, m:, :, d:]], dim=1)
-            slot_score = slots[:, :, 1].masked_fill(~em.row_source.valid.unsqueeze(-1), float("-inf"))
-            dispatch.compress_close(slots[:, :, 0], slot_score, self.norm.weight, self.norm.eps,
-                                    rope.entries(m, self.overlap), store.entries, em.entry_slots, store.qdq)
+            dispatch.compress_emit(rows, store.ring, em.row_source, self.overlap, self.norm.weight, self.norm.eps,
+                                   rope.entries(m, self.overlap), store.entries, em.entry_slots, store.qdq)
             store.simulate_fp8_keys(em.entry_slots)
 
         if em.num_snapshots:
-            last = _gather_rows(rows, store.ring, em.snapshot_source)  # [P, m, 2, width]
+            last = composed.gather_rows(rows, store.ring, em.snapshot_source)  # [P, m, 2, width]
             store.snapshots[em.snapshot_pages] = last[..., :d]
             store.snapshot_home[em.snapshot_homes[0]] = em.snapshot_homes[1]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.dispatch import hc_head
+from ..kernels.dispatch import hc_head_norm
 from .batch import BatchPlan
 from .block import Block
 from .config import ModelConfig
@@ -53,6 +53,6 @@ class MTPBlock(Block):
     def logits(self, head: nn.Module, streams: torch.Tensor) -> torch.Tensor:
         """fp32 logits `[T, V]` from output streams `[T, n, D]`."""
         cfg = self.cfg
-        hidden = hc_head(streams, self.hc_head_fn, self.hc_head_scale, self.hc_head_base, cfg.rms_norm_eps,
-                         cfg.hc_eps)
-        return head(self.norm(hidden)).float()
+        hidden = hc_head_norm(streams, self.hc_head_fn, self.hc_head_scale, self.hc_head_base, cfg.rms_norm_eps,
+                              cfg.hc_eps, self.norm.weight, self.norm.eps)
+        return head(hidden).float()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels.dispatch import hc_head
+from ..kernels.dispatch import hc_head_norm
 from .batch import BatchPlan, ForwardBatch
 from .block import Block
 from .config import ModelConfig
@@ -71,9 +71,9 @@ class DeepseekV4(nn.Module):
         for block, layer_cache in zip(self.layers, cache.layers):
             streams = block(streams, ids, plan, layer_cache, rope)
         picked = streams if plan.logit_rows is None else streams.index_select(0, plan.logit_rows)
-        hidden = hc_head(picked, self.hc_head_fn, self.hc_head_scale, self.hc_head_base,
-                         cfg.rms_norm_eps, cfg.hc_eps)
-        logits = self.head(self.norm(hidden)).float()
+        hidden = hc_head_norm(picked, self.hc_head_fn, self.hc_head_scale, self.hc_head_base, cfg.rms_norm_eps,
+                              cfg.hc_eps, self.norm.weight, self.norm.eps)
+        logits = self.head(hidden).float()
         return (logits, streams) if return_streams else logits
 
     @torch.inference_mode()

@@ -231,3 +231,40 @@ def test_fused_hc_pre_norm_equals_its_composition():
         want = composed.hc_pre_norm(*args)
     for ours, theirs in zip(got, want):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_fused_compress_emit_equals_its_composition(overlap):
+    gen = torch.Generator().manual_seed(int(overlap))
+    m, d = 4, HD
+    width, window = (2 * d, 2 * m) if overlap else (d, m)
+    rows, ring = _randn(gen, 6, 2, width), _randn(gen, 3, window, 2, width)  # 6 batch tokens, 3 request rings
+    e = 2
+    source = torch.stack([torch.randint(0, 2, (e, window), generator=gen), torch.randint(0, 6, (e, window), generator=gen),
+                          torch.randint(0, 3 * window, (e, window), generator=gen), torch.ones(e, window, dtype=torch.long)])
+    source[3, 0, :2] = 0  # a request's first window: leading slots before position 0 are empty
+    weight, rope, slots = _randn(gen, d), _table([4, 8]), torch.tensor([3, -1])
+    pool = torch.full((5, d), 2.0)
+    torch_backend.compress_emit(rows, ring, source, overlap, weight, 1e-6, rope, pool, slots)
+    assert native.compress_emit(rows, ring, source, overlap, weight, 1e-6, rope, pool.clone(), slots)
+    with _torch_only():
+        want = torch.full((5, d), 2.0)
+        composed.compress_emit(rows, ring, source, overlap, weight, 1e-6, rope, want, slots)
+    torch.testing.assert_close(pool, want, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(pool[3], torch.full((d,), 2.0)) and torch.equal(pool[[0, 1, 2, 4]], torch.full((4, d), 2.0))
+    assert not native.compress_emit(rows.double(), ring, source, overlap, weight, 1e-6, rope, pool, slots)
+
+
+def test_fused_hc_head_norm_equals_its_composition():
+    gen = torch.Generator().manual_seed(7)
+    n = 4
+    streams, fn = _randn(gen, T, n, D), _randn(gen, n, n * D) / 8
+    scale, base, weight = torch.rand(1, generator=gen), _randn(gen, n), _randn(gen, D)
+    args = (streams, fn, scale, base, 1e-6, 1e-6)
+    got, collapsed = mhc.hc_head_norm(*args, weight, 1e-5), mhc.hc_head(*args)
+    assert native.hc_head(*args) is not None
+    with _torch_only():
+        want, want_collapsed = composed.hc_head_norm(*args, weight, 1e-5), mhc.hc_head(*args)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(collapsed, want_collapsed, atol=1e-5, rtol=1e-5)
+    assert native.hc_head(streams.double(), fn, scale, base, 1e-6, 1e-6) is None

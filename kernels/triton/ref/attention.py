@@ -157,6 +157,14 @@ def compress_close(kv: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, 
     _write_entries(apply_rope_(entries, rope), 2 * rope.shape[-1], pool, slots, qdq)
 
 
+def compress_emit(rows: torch.Tensor, ring: torch.Tensor, source: torch.Tensor, overlap: bool, weight: torch.Tensor,
+                  eps: float, rope: torch.Tensor, pool: KVPool, slots: torch.Tensor, qdq: bool = False) -> None:
+    """`kernels.composed.compress_emit`; fp32 CPU rows into a float pool (no QDQ) take one native call."""
+    if qdq or not isinstance(pool, torch.Tensor) or not native.compress_emit(rows, ring, source, overlap, weight, eps,
+                                                                             rope, pool, slots):
+        composed.compress_emit(rows, ring, source, overlap, weight, eps, rope, pool, slots, qdq)
+
+
 def _write_entries(rows: torch.Tensor, rope_dim: int, pool: KVPool, slots: torch.Tensor, qdq: bool) -> None:
     if qdq and isinstance(pool, torch.Tensor):
         rows = kv_row_qdq(rows, rope_dim)
