@@ -89,7 +89,7 @@ class _HostBuffer:
             flat = host.to(device, non_blocking=True)
         else:
             flat = torch.from_numpy(np.concatenate([a.ravel() for a in self._arrays])).to(device)
-        return [part.view(a.shape) for part, a in zip(flat.split(sizes), self._arrays)]
+        return [part if a.ndim == 1 else part.view(a.shape) for part, a in zip(flat.split(sizes), self._arrays)]
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
@@ -99,6 +99,9 @@ def _host(t: torch.Tensor) -> np.ndarray:
 
 def _ragged(counts: np.ndarray, firsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each request i, `counts[i]` consecutive values from `firsts[i]`: (request, value)."""
+    if len(counts) == 1:  # one request (batch-1 decode): two calls, not seven
+        count, first = int(counts[0]), int(firsts[0])
+        return np.zeros(count, dtype=np.int64), np.arange(first, first + count)
     owner = np.repeat(np.arange(len(counts)), counts)
     starts = np.cumsum(counts) - counts
     return owner, firsts[owner] + np.arange(int(counts.sum())) - starts[owner]
@@ -119,8 +122,7 @@ class BatchPlan:
         self._end = self._prefix + self._ext
         self.num_tokens = int(self._ext.sum())
         self._req, self._pos = _ragged(self._ext, self._prefix)
-        kinds = set(cfg.layer_kinds)
-        ratios = sorted({r for r in cfg.compress_ratios if r > 0})
+        kinds, ratios = cfg.layer_kinds, cfg.ratios
         csa, hca = cfg.csa_ratio, cfg.hca_ratio
         pos = self._pos
 

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,14 @@ class ModelConfig:
         ratio = self.ratio_of(layer)
         return SWA if ratio == 0 else CSA if ratio == self.csa_ratio else HCA
 
-    @property
+    @cached_property
     def layer_kinds(self) -> tuple[str, ...]:
         return tuple(self.layer_kind(i) for i in range(self.num_layers))
+
+    @cached_property
+    def ratios(self) -> tuple[int, ...]:
+        """The distinct compression ratios of the model's layers, ascending."""
+        return tuple(sorted({r for r in self.compress_ratios if r > 0}))
 
     def is_hash_layer(self, layer: int) -> bool:
         return layer < self.num_hash_layers
