@@ -194,7 +194,16 @@ static void rotate(float *tail, const float *rot, int64_t half) {
 void banyan_norm_rope(const float *x, int64_t rows, int64_t d, int64_t per_token, const float *weight, float eps,
                       const float *rope, int64_t half, float *out, const int64_t *dest);
 
-/* with out_norm, each collapsed row is then RMS-normed (eps out_eps) times out_norm: the block's input norm */
+/* out = sum_k pre[k] * x[k] over a token's n streams x [n, D]; with out_norm, then RMS-normed (eps
+   out_eps) times out_norm: the next block's input norm, or the model's final one */
+static void collapse(const float *x, const float *pre, int64_t n, int64_t d, const float *out_norm, float out_eps,
+                     float *out) {
+    for (int64_t j = 0; j < d; j++) out[j] = pre[0] * x[j];
+    for (int64_t k = 1; k < n; k++)
+        for (int64_t j = 0; j < d; j++) out[j] += pre[k] * x[k * d + j];
+    if (out_norm) banyan_norm_rope(out, 1, d, 1, out_norm, out_eps, NULL, 0, out, NULL);
+}
+
 void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float *fn, const float *scale,
                    const float *base, float norm_eps, float eps, int64_t iters, const float *out_norm, float out_eps,
                    float *collapsed, float *post, float *comb) {
@@ -219,11 +228,7 @@ void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float 
             for (int64_t b = 0; b < n; b++) sum += out[b] = expf(row[b] - top);
             for (int64_t b = 0; b < n; b++) out[b] = out[b] / sum + eps;
         }
-        float *ci = collapsed + i * d;
-        for (int64_t j = 0; j < d; j++) ci[j] = pre[0] * xi[j];
-        for (int64_t k = 1; k < n; k++)
-            for (int64_t j = 0; j < d; j++) ci[j] += pre[k] * xi[k * d + j];
-        if (out_norm) banyan_norm_rope(ci, 1, d, 1, out_norm, out_eps, NULL, 0, ci, NULL);
+        collapse(xi, pre, n, d, out_norm, out_eps, collapsed + i * d);
     }
     banyan_sinkhorn_f32(comb, t, n, eps, iters);
 }
@@ -239,11 +244,7 @@ void banyan_hc_head(const float *x, int64_t t, int64_t n, int64_t d, const float
         float inv_rms = 1.0f / sqrtf(dot(xi, xi, width) / (float)width + norm_eps), pre[MAX_N];
         for (int64_t k = 0; k < n; k++)
             pre[k] = 1.0f / (1.0f + expf(-(base[k] + dot(fn + k * width, xi, width) * (scale[0] * inv_rms)))) + eps;
-        float *oi = out + i * d;
-        for (int64_t j = 0; j < d; j++) oi[j] = pre[0] * xi[j];
-        for (int64_t k = 1; k < n; k++)
-            for (int64_t j = 0; j < d; j++) oi[j] += pre[k] * xi[k * d + j];
-        if (out_norm) banyan_norm_rope(oi, 1, d, 1, out_norm, out_eps, NULL, 0, oi, NULL);
+        collapse(xi, pre, n, d, out_norm, out_eps, out + i * d);
     }
 }
 
