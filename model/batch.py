@@ -167,9 +167,14 @@ class BatchPlan:
     def _entry_lists(self, req: np.ndarray, count: np.ndarray, ratio: int) -> np.ndarray:
         """`[len(req), max(count)]`: item w of row i is the slot of entry w of request `req[i]`
         for `w < count[i]`, else -1."""
-        w = np.arange(int(count.max(initial=0)))
-        used = w < count[:, None]
-        return np.where(used, self._entry_slot(req[:, None], np.minimum(w, count[:, None] - 1).clip(0), ratio), -1)
+        per_page = self.page_size // ratio  # a page's entries have consecutive slots
+        width = int(count.max(initial=0))
+        pages = -(-width // per_page)
+        slots = self._pt[req, :pages, None] * per_page + np.arange(per_page)  # [R, pages, per_page]
+        slots = slots.reshape(len(req), pages * per_page)[:, :width]
+        if count.min(initial=width) == width:  # every row full (batch-1 decode): no padding to write
+            return slots
+        return np.where(np.arange(width) < count[:, None], slots, -1)
 
     def _window_lists(self, lens: np.ndarray) -> np.ndarray:
         """`[N, max(lens)]`: each query's window positions pos, pos-1, ... as SWA slots, -1 padded."""
