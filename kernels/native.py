@@ -604,28 +604,66 @@ void banyan_bf16_gemv(const float *x, int64_t rows, int64_t k, const uint16_t *p
    independent accumulator chains in flight. */
 #define KEY_BLOCK 8
 
+typedef int32_t vec_i32 __attribute__((vector_size(VEC * 4)));
+
+/* Shuffle masks of one level of lane_sums, as constants: a and b each hold VEC / s keys' partial
+   sums in s lanes; lane k of their pair sum is key k / (s/2) of a then of b, part k % (s/2), the
+   sum of that key's lane k % (s/2) (PAIR_LO) and the one half a block later (PAIR_HI). */
+#define HALF(s) ((s) > 1 ? (s) / 2 : 1)
+#define PAIR_LO(s, k) ((k) / HALF(s) < VEC / (s) ? (k) / HALF(s) * (s) + (k) % HALF(s) \
+                                                 : VEC + ((k) / HALF(s) - VEC / (s)) * (s) + (k) % HALF(s))
+#define PAIR_HI(s, k) (PAIR_LO(s, k) + HALF(s))
+#if VEC == 16
+#define LANE_LIST(F, s) {F(s, 0), F(s, 1), F(s, 2), F(s, 3), F(s, 4), F(s, 5), F(s, 6), F(s, 7), F(s, 8), F(s, 9), \
+                         F(s, 10), F(s, 11), F(s, 12), F(s, 13), F(s, 14), F(s, 15)}
+#elif VEC == 8
+#define LANE_LIST(F, s) {F(s, 0), F(s, 1), F(s, 2), F(s, 3), F(s, 4), F(s, 5), F(s, 6), F(s, 7)}
+#else
+#define LANE_LIST(F, s) {F(s, 0), F(s, 1), F(s, 2), F(s, 3)}
+#endif
+#define SUM_LEVEL(s)                                                                                 \
+    if (n > 1 && (s) > 1) {                                                                          \
+        const vec_i32 lo = LANE_LIST(PAIR_LO, s), hi = LANE_LIST(PAIR_HI, s);                        \
+        for (int i = 0; i < n / 2; i++)                                                              \
+            t[i] = __builtin_shuffle(t[2 * i], t[2 * i + 1], lo) + __builtin_shuffle(t[2 * i], t[2 * i + 1], hi); \
+        n /= 2;                                                                                      \
+        width = HALF(s);                                                                             \
+    }
+
+/* out[b] = the sum of t[b]'s lanes for b < KEY_BLOCK (8), as a tree across the vectors: each level
+   pairs them and adds the two halves of every key's lanes, so one pair of shuffles and one add
+   serve two vectors' keys, where summing each vector's lanes in turn takes VEC scalar adds per key.
+   t is overwritten. */
+static inline void lane_sums(vec_f32 *t, float *out) {
+    int n = KEY_BLOCK, width = VEC;  /* n vectors, each holding VEC / width keys' sums in width lanes */
+    SUM_LEVEL(VEC) SUM_LEVEL(VEC / 2) SUM_LEVEL(VEC / 4)
+    for (int i = 0; i < n; i++)
+        for (int kb = 0; kb < VEC / width; kb++) {
+            float sum = t[i][kb * width];
+            for (int o = 1; o < width; o++) sum += t[i][kb * width + o];
+            out[i * (VEC / width) + kb] = sum;
+        }
+}
+
 static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, const float *keys, const int64_t *ci,
                        float *oi, int64_t first, int64_t last) {
     for (int64_t w0 = first; w0 < last; w0 += KEY_BLOCK) {
         int64_t nb = last - w0 < KEY_BLOCK ? last - w0 : KEY_BLOCK;
         const float *key[KEY_BLOCK];
         for (int64_t b = 0; b < KEY_BLOCK; b++) key[b] = keys + ci[w0 + (b < nb ? b : 0)] * d;
-        float score[KEY_BLOCK] = {0};
+        vec_f32 tot[KEY_BLOCK] = {{0}};  /* per key: weights * relu(dots), VEC heads on the lanes */
         int64_t h0 = 0;
-        for (; h0 + VEC <= h; h0 += VEC) {  /* VEC heads on the lanes: dots, relu, weights, one lane sum */
+        for (; h0 + VEC <= h; h0 += VEC) {
             vec_f32 acc[KEY_BLOCK] = {{0}}, qv, wv, zero = {0};
             for (int64_t j = 0; j < d; j++) {
                 memcpy(&qv, qi + j * h + h0, sizeof qv);
                 for (int b = 0; b < KEY_BLOCK; b++) acc[b] = FMADD(acc[b], qv, key[b][j]);
             }
             memcpy(&wv, wi + h0, sizeof wv);
-            for (int64_t b = 0; b < nb; b++) {
-                vec_f32 part = (vec_f32)((vec_u32)acc[b] & (vec_u32)(acc[b] > zero)) * wv;
-                float sum = 0.0f;
-                for (int l = 0; l < VEC; l++) sum += part[l];
-                score[b] += sum;
-            }
+            for (int b = 0; b < KEY_BLOCK; b++) tot[b] += (vec_f32)((vec_u32)acc[b] & (vec_u32)(acc[b] > zero)) * wv;
         }
+        float score[KEY_BLOCK];
+        lane_sums(tot, score);
         for (; h0 < h; h0++)
             for (int64_t b = 0; b < nb; b++) {
                 float dot = 0.0f;

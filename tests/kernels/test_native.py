@@ -106,7 +106,8 @@ def _indexer_reference(q, weights, keys, candidates, visible):
     return scores.masked_fill(torch.arange(candidates.shape[1]) >= visible.unsqueeze(-1), float("-inf"))
 
 
-@pytest.mark.parametrize("heads", [16, 20, 3])  # whole vector panels, a panel and a tail, a tail only
+# one vector panel, V4-Flash's 64 heads (panels summed before the lane sums), a panel and a tail, a tail only
+@pytest.mark.parametrize("heads", [16, 64, 20, 3])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_indexer_scores_match_torch(heads, threads, split_over):
     if native.library() is None:
