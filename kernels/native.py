@@ -603,6 +603,11 @@ void banyan_bf16_gemv(const float *x, int64_t rows, int64_t k, const uint16_t *p
    else -inf; qt is q transposed to [T, d, H]; cand[t] starts t * cand_stride in (0: shared by all queries). KEY_BLOCK keys at a time keep that many
    independent accumulator chains in flight. */
 #define KEY_BLOCK 8
+/* Rows of the candidates this far ahead are prefetched: a decode query's candidates are its
+   request's pages, consecutive rows a page at a time, which the hardware prefetcher restarts on at
+   every page; with the keys out of cache (a step streams the weights and the head between two
+   reads of a layer's keys), 8K candidates scored ~20% faster. */
+#define PREFETCH_AHEAD 64
 
 typedef int32_t vec_i32 __attribute__((vector_size(VEC * 4)));
 
@@ -651,6 +656,11 @@ static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, c
         int64_t nb = last - w0 < KEY_BLOCK ? last - w0 : KEY_BLOCK;
         const float *key[KEY_BLOCK];
         for (int64_t b = 0; b < KEY_BLOCK; b++) key[b] = keys + ci[w0 + (b < nb ? b : 0)] * d;
+        if (w0 + PREFETCH_AHEAD + KEY_BLOCK <= last)
+            for (int64_t b = 0; b < KEY_BLOCK; b++) {
+                const char *row = (const char *)(keys + ci[w0 + PREFETCH_AHEAD + b] * d);
+                for (int64_t at = 0; at < d * (int64_t)sizeof(float); at += 64) __builtin_prefetch(row + at);
+            }
         vec_f32 tot[KEY_BLOCK] = {{0}};  /* per key: weights * relu(dots), VEC heads on the lanes */
         int64_t h0 = 0;
         for (; h0 + VEC <= h; h0 += VEC) {
