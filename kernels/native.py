@@ -565,37 +565,46 @@ static void gemv_panels(const float *x, int64_t rows, int64_t k, const uint16_t 
     }
 }
 
-typedef struct { const float *x; int64_t rows, k; const uint16_t *p; int64_t v; float *y; int64_t first, last; } gemv_job;
+/* Chunks 0..n-1 of a job, done by up to `threads` threads (the caller's among them), each taking the
+   next chunk nobody has: a thread that starts late or shares its core with another process does
+   fewer chunks instead of holding up the call with a fixed share. A chunk's result does not depend
+   on the thread that does it. */
+typedef void (*chunk_fn)(const void *ctx, int64_t chunk);
+typedef struct { chunk_fn fn; const void *ctx; int64_t n, next; } chunk_queue;
 
-static void *gemv_job_run(void *arg) {
-    gemv_job *j = arg;
-    gemv_panels(j->x, j->rows, j->k, j->p, j->v, j->y, j->first, j->last);
+static void *chunk_worker(void *arg) {
+    chunk_queue *q = arg;
+    for (int64_t c; (c = __atomic_fetch_add(&q->next, 1, __ATOMIC_RELAXED)) < q->n;) q->fn(q->ctx, c);
     return NULL;
 }
 
-/* Run `n` jobs (`size` bytes apart from `jobs`) on n threads, the caller's among them; a job whose
-   thread cannot be started runs on the caller. */
-static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int64_t n, pthread_t *tid) {
+static void run_chunks(chunk_fn fn, const void *ctx, int64_t n, int64_t threads) {
+    chunk_queue q = {fn, ctx, n, 0};
+    pthread_t tid[MAX_THREADS];
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > n) threads = n;
     int64_t started = 1;
-    for (; started < n; started++)
-        if (pthread_create(&tid[started], NULL, fn, (char *)jobs + started * size) != 0) break;
-    for (int64_t i = started; i < n; i++) fn((char *)jobs + i * size);
-    fn(jobs);
+    for (; started < threads; started++)
+        if (pthread_create(&tid[started], NULL, chunk_worker, &q) != 0) break;
+    chunk_worker(&q);
     for (int64_t i = 1; i < started; i++) pthread_join(tid[i], NULL);
 }
 
-/* Split the panels over `threads` threads. */
+#define GEMV_CHUNK 64  /* panels per chunk: 1,024 output rows */
+
+typedef struct { const float *x; int64_t rows, k; const uint16_t *p; int64_t v; float *y; int64_t panels; } gemv_job;
+
+static void gemv_chunk(const void *ctx, int64_t c) {
+    const gemv_job *j = ctx;
+    int64_t last = (c + 1) * GEMV_CHUNK < j->panels ? (c + 1) * GEMV_CHUNK : j->panels;
+    gemv_panels(j->x, j->rows, j->k, j->p, j->v, j->y, c * GEMV_CHUNK, last);
+}
+
 void banyan_bf16_gemv(const float *x, int64_t rows, int64_t k, const uint16_t *p, int64_t v, float *y,
                       int64_t threads) {
     int64_t panels = (v + PANEL - 1) / PANEL;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > panels) threads = panels;
-    if (threads < 1) threads = 1;
-    pthread_t tid[MAX_THREADS];
-    gemv_job jobs[MAX_THREADS];
-    for (int64_t i = 0; i < threads; i++)
-        jobs[i] = (gemv_job){x, rows, k, p, v, y, panels * i / threads, panels * (i + 1) / threads};
-    run_jobs(gemv_job_run, jobs, sizeof jobs[0], threads, tid);
+    gemv_job job = {x, rows, k, p, v, y, panels};
+    run_chunks(gemv_chunk, &job, (panels + GEMV_CHUNK - 1) / GEMV_CHUNK, threads);
 }
 
 /* ---- indexer scores of single queries, heads on the vector lanes:
@@ -686,41 +695,43 @@ static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, c
 
 typedef struct {
     const float *qt, *weights, *keys; const int64_t *cand, *visible; float *out;
-    int64_t t, h, d, e, cand_stride, part, parts;
+    int64_t t, h, d, e, cand_stride, parts;
 } score_job;
 
 #define KEY_TILE 64  /* candidates scored by every query of a job before the next ones (they stay in L1) */
+#define SCORE_CHUNK 512  /* a few queries' work is split into chunks of this many candidates */
 
 static int64_t seen_by(const score_job *j, int64_t i) {
     int64_t v = j->visible[i];
     return v < 0 ? 0 : v < j->e ? v : j->e;
 }
 
-/* Part `part` of `parts`: with a few queries, that part of every query's visible candidates;
-   with many (a prefill slab), every `parts`-th query, tile by tile of KEY_TILE candidates so
-   that each tile is read from memory once for all of them. */
-static void *score_job_run(void *arg) {
-    score_job *j = arg;
-    const float *qt = j->qt, *wt = j->weights;
+static void score_range(const score_job *j, int64_t i, int64_t first, int64_t last) {
     int64_t hd = j->d * j->h;
-    if (j->t < 2 * j->parts) {
-        for (int64_t i = 0; i < j->t; i++) {
-            int64_t seen = seen_by(j, i);
-            score_keys(qt + i * hd, wt + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride, j->out + i * j->e,
-                       seen * j->part / j->parts, seen * (j->part + 1) / j->parts);
-        }
-        return NULL;
-    }
+    score_keys(j->qt + i * hd, j->weights + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride,
+               j->out + i * j->e, first, last);
+}
+
+/* With a few queries, chunk c is candidates [c' * SCORE_CHUNK, +SCORE_CHUNK) of query c / per_query
+   (c' = c % per_query). */
+static void score_few(const void *ctx, int64_t c) {
+    const score_job *j = ctx;
+    int64_t per_query = (j->e + SCORE_CHUNK - 1) / SCORE_CHUNK, i = c / per_query;
+    int64_t first = c % per_query * SCORE_CHUNK, seen = seen_by(j, i);
+    if (first < seen) score_range(j, i, first, first + SCORE_CHUNK < seen ? first + SCORE_CHUNK : seen);
+}
+
+/* With many (a prefill slab), chunk c of `parts` is every parts-th query from c, tile by tile of
+   KEY_TILE candidates so that each tile is read from memory once for all of them. */
+static void score_many(const void *ctx, int64_t c) {
+    const score_job *j = ctx;
     int64_t most = 0;
-    for (int64_t i = j->part; i < j->t; i += j->parts) most = seen_by(j, i) > most ? seen_by(j, i) : most;
+    for (int64_t i = c; i < j->t; i += j->parts) most = seen_by(j, i) > most ? seen_by(j, i) : most;
     for (int64_t w0 = 0; w0 < most; w0 += KEY_TILE)
-        for (int64_t i = j->part; i < j->t; i += j->parts) {
+        for (int64_t i = c; i < j->t; i += j->parts) {
             int64_t seen = seen_by(j, i), last = w0 + KEY_TILE < seen ? w0 + KEY_TILE : seen;
-            if (w0 < last)
-                score_keys(qt + i * hd, wt + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride,
-                           j->out + i * j->e, w0, last);
+            if (w0 < last) score_range(j, i, w0, last);
         }
-    return NULL;
 }
 
 void banyan_indexer_scores(const float *qt, const float *weights, int64_t t, int64_t h, int64_t d,
@@ -730,11 +741,11 @@ void banyan_indexer_scores(const float *qt, const float *weights, int64_t t, int
         for (int64_t w = visible[i] < 0 ? 0 : visible[i]; w < e; w++) out[i * e + w] = -INFINITY;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
-    pthread_t tid[MAX_THREADS];
-    score_job jobs[MAX_THREADS];
-    for (int64_t p = 0; p < threads; p++) jobs[p] = (score_job){qt, weights, keys, cand, visible, out, t, h, d, e, cand_stride, p,
-                                                           threads};
-    run_jobs(score_job_run, jobs, sizeof jobs[0], threads, tid);
+    score_job job = {qt, weights, keys, cand, visible, out, t, h, d, e, cand_stride, threads};
+    if (t < 2 * threads)
+        run_chunks(score_few, &job, t * ((e + SCORE_CHUNK - 1) / SCORE_CHUNK), threads);
+    else
+        run_chunks(score_many, &job, threads, threads);
 }
 
 /* ---- top-k candidates of scored rows: rows[i][c] = cand[i * cand_stride + w] of row i's c-th best
