@@ -63,7 +63,7 @@ _max_threads = torch.get_num_threads()
 
 def _cpu_f32(*tensors: torch.Tensor) -> bool:
     """Every tensor fp32 on the CPU (`is_cpu` and a dtype identity: a few times cheaper than
-    `device.type` comparisons, and the wrappers run ~90 times a decode step)."""
+    `device.type` comparisons, and every wrapper checks its operands on every call)."""
     for t in tensors:
         if not t.is_cpu or t.dtype is not torch.float32:
             return False
