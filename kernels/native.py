@@ -112,9 +112,9 @@ typedef float vec_f32 __attribute__((vector_size(VEC * 4)));
 typedef uint32_t vec_u32 __attribute__((vector_size(VEC * 4)));
 
 /* acc + a * s (s a float, on every lane) in one rounding where the ISA has a fused multiply-add, else
-   a multiply and an add.
-   Only the indexer's score loop uses it: its scores feed a top-k, not the residual stream, and on a
-   core with one 512-bit FMA port the separate add halves its rate. */
+   a multiply and an add. Only the indexer's score loop uses it: it is bound by these operations,
+   and a fused one does the work of two (and reads s with a broadcast load). Its scores choose a
+   top-k; they do not enter the residual stream. */
 #if VEC == 16 && defined(__AVX512F__)
 #include <immintrin.h>
 #define FMADD(acc, a, s) ((vec_f32)_mm512_fmadd_ps((__m512)(a), _mm512_set1_ps(s), (__m512)(acc)))
