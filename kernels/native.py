@@ -99,7 +99,8 @@ _SOURCE = r"""
 /* The machine's vector registers: a PANEL of 16 floats is PV of them. A vector type wider than
    the registers is lowered through memory (on AVX2, a 64-byte vector ran the indexer ~8x slower),
    so each panel is an array of register-wide vectors; every sum adds a panel's lanes in one
-   fixed order, so results do not depend on the width. */
+   fixed order, so results do not depend on the width. The indexer's scores are the exception:
+   their lane sums follow the width, and they use a fused multiply-add where there is one. */
 #if defined(__AVX512F__)
 #define VEC 16
 #elif defined(__AVX__)
@@ -611,7 +612,7 @@ void banyan_bf16_gemv(const float *x, int64_t rows, int64_t k, const uint16_t *p
    out[t][w] = sum_h weights[t][h] * relu(sum_j qt[t][j][h] * keys[cand[t][w]][j]) for w < visible[t],
    else -inf; qt is q transposed to [T, d, H]; cand[t] starts t * cand_stride in (0: shared by all queries). KEY_BLOCK keys at a time keep that many
    independent accumulator chains in flight. */
-#define KEY_BLOCK 8
+#define KEY_BLOCK 8  /* a power of two: lane_sums pairs its vectors */
 /* Rows of the candidates this far ahead are prefetched: a decode query's candidates are its
    request's pages, consecutive rows a page at a time, which the hardware prefetcher restarts on at
    every page; with the keys out of cache (a step streams the weights and the head between two
@@ -659,13 +660,15 @@ static inline void lane_sums(vec_f32 *t, float *out) {
         }
 }
 
+/* Candidates [first, last) of one query; rows of candidates before `ahead_end` (its visible ones)
+   are prefetched PREFETCH_AHEAD ahead, past `last` too. */
 static void score_keys(const float *qi, const float *wi, int64_t h, int64_t d, const float *keys, const int64_t *ci,
-                       float *oi, int64_t first, int64_t last) {
+                       float *oi, int64_t first, int64_t last, int64_t ahead_end) {
     for (int64_t w0 = first; w0 < last; w0 += KEY_BLOCK) {
         int64_t nb = last - w0 < KEY_BLOCK ? last - w0 : KEY_BLOCK;
         const float *key[KEY_BLOCK];
         for (int64_t b = 0; b < KEY_BLOCK; b++) key[b] = keys + ci[w0 + (b < nb ? b : 0)] * d;
-        if (w0 + PREFETCH_AHEAD + KEY_BLOCK <= last)
+        if (w0 + PREFETCH_AHEAD + KEY_BLOCK <= ahead_end)
             for (int64_t b = 0; b < KEY_BLOCK; b++) {
                 const char *row = (const char *)(keys + ci[w0 + PREFETCH_AHEAD + b] * d);
                 for (int64_t at = 0; at < d * (int64_t)sizeof(float); at += 64) __builtin_prefetch(row + at);
@@ -709,7 +712,7 @@ static int64_t seen_by(const score_job *j, int64_t i) {
 static void score_range(const score_job *j, int64_t i, int64_t first, int64_t last) {
     int64_t hd = j->d * j->h;
     score_keys(j->qt + i * hd, j->weights + i * j->h, j->h, j->d, j->keys, j->cand + i * j->cand_stride,
-               j->out + i * j->e, first, last);
+               j->out + i * j->e, first, last, seen_by(j, i));
 }
 
 /* With a few queries, chunk c is candidates [c' * SCORE_CHUNK, +SCORE_CHUNK) of query c / per_query

@@ -93,6 +93,17 @@ def test_bf16_gemv_matches_the_fp32_product(rows, threads, split_over):
     torch.testing.assert_close(got, x @ weight.t(), rtol=1e-5, atol=1e-5)
 
 
+def test_bf16_gemv_shares_its_panels_between_threads(split_over):
+    """2,100 rows are three chunks of panels, taken by two threads from one queue."""
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    split_over(2)
+    weight = _bf16_weight(2100, 32, seed=5)
+    x = torch.randn(2, 32, generator=torch.Generator().manual_seed(8))
+    got = native.bf16_gemv(x, native.pack_bf16_panels(weight), 2100)
+    torch.testing.assert_close(got, x @ weight.t(), rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_packing_refuses_weights_it_would_round():
     weight = _bf16_weight(32, 16, seed=0)
     assert native.pack_bf16_panels(weight) is not None
@@ -123,6 +134,24 @@ def test_native_indexer_scores_match_torch(heads, threads, split_over):
     assert torch.equal(got.isinf(), want.isinf())
     torch.testing.assert_close(got[~want.isinf()], want[~want.isinf()], rtol=1e-5, atol=1e-5)
     assert native.indexer_scores(q.double(), weights, keys, candidates, visible) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_indexer_scores_chunk_long_candidate_lists(threads, split_over):
+    """1,100 candidates are three chunks per query: a full one, a partial one, and (for the query
+    that sees 600) an empty one; the rows are prefetched across the chunk boundaries."""
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    split_over(threads)
+    gen = torch.Generator().manual_seed(4)
+    q, weights = torch.randn(2, 16, 32, generator=gen), torch.randn(2, 16, generator=gen)
+    keys = torch.randn(3000, 32, generator=gen)
+    candidates = torch.randint(0, 3000, (2, 1100), generator=gen)
+    visible = torch.tensor([1100, 600])
+    got = native.indexer_scores(q, weights, keys, candidates, visible)
+    want = _indexer_reference(q, weights, keys, candidates, visible)
+    assert torch.equal(got.isinf(), want.isinf())
+    torch.testing.assert_close(got[~want.isinf()], want[~want.isinf()], rtol=1e-5, atol=1e-5)
 
 
 def test_native_hc_pre_declines_what_it_does_not_take():
