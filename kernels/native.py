@@ -219,18 +219,25 @@ static void collapse(const float *x, const float *pre, int64_t n, int64_t d, con
     if (out_norm) banyan_norm_rope(out, 1, d, 1, out_norm, out_eps, NULL, 0, out, NULL);
 }
 
+/* z[r] = base[r] + (fn[r] . x) * scale[group of r] / rms(x) for r < rows, the groups being rows
+   [0, n) (pre), [n, 2n) (post) and the rest (comb) */
+static void mix(const float *x, int64_t width, const float *fn, int64_t rows, int64_t n, const float *scale,
+                const float *base, float norm_eps, float *z) {
+    float inv_rms = 1.0f / sqrtf(dot(x, x, width) / (float)width + norm_eps);
+    for (int64_t r = 0; r < rows; r++) {
+        int which = r < n ? 0 : r < 2 * n ? 1 : 2;
+        z[r] = base[r] + dot(fn + r * width, x, width) * (scale[which] * inv_rms);
+    }
+}
+
 void banyan_hc_pre(const float *x, int64_t t, int64_t n, int64_t d, const float *fn, const float *scale,
                    const float *base, float norm_eps, float eps, int64_t iters, const float *out_norm, float out_eps,
                    float *collapsed, float *post, float *comb) {
     int64_t width = n * d, mixes = (2 + n) * n;
     for (int64_t i = 0; i < t; i++) {
         const float *xi = x + i * width;
-        float inv_rms = 1.0f / sqrtf(dot(xi, xi, width) / (float)width + norm_eps);
         float z[(2 + MAX_N) * MAX_N];
-        for (int64_t r = 0; r < mixes; r++) {
-            int which = r < n ? 0 : r < 2 * n ? 1 : 2;
-            z[r] = base[r] + dot(fn + r * width, xi, width) * (scale[which] * inv_rms);
-        }
+        mix(xi, width, fn, mixes, n, scale, base, norm_eps, z);
         float pre[MAX_N];
         for (int64_t k = 0; k < n; k++) {
             pre[k] = 1.0f / (1.0f + expf(-z[k])) + eps;
@@ -256,9 +263,9 @@ void banyan_hc_head(const float *x, int64_t t, int64_t n, int64_t d, const float
     int64_t width = n * d;
     for (int64_t i = 0; i < t; i++) {
         const float *xi = x + i * width;
-        float inv_rms = 1.0f / sqrtf(dot(xi, xi, width) / (float)width + norm_eps), pre[MAX_N];
-        for (int64_t k = 0; k < n; k++)
-            pre[k] = 1.0f / (1.0f + expf(-(base[k] + dot(fn + k * width, xi, width) * (scale[0] * inv_rms)))) + eps;
+        float pre[MAX_N];
+        mix(xi, width, fn, n, n, scale, base, norm_eps, pre);
+        for (int64_t k = 0; k < n; k++) pre[k] = 1.0f / (1.0f + expf(-pre[k])) + eps;
         collapse(xi, pre, n, d, out_norm, out_eps, out + i * d);
     }
 }
@@ -505,18 +512,22 @@ int banyan_compress_emit(const float *rows, const float *ring, int64_t w, const 
     float top[MAX_WIDE], total[MAX_WIDE], pooled[MAX_WIDE];
     for (int64_t i = 0; i < e; i++) {
         for (int64_t c = 0; c < d; c++) { top[c] = -INFINITY; total[c] = 0.0f; pooled[c] = 0.0f; }
-        for (int pass = 0; pass < 3; pass++)  /* channel maxima, the softmax sums, the weighted kv */
+        for (int pass = 0; pass < 2; pass++)  /* channel maxima, then the softmax sums and weighted kv */
             for (int64_t j = 0; j < s; j++) {
                 int64_t at = i * s + j;
                 if (!valid[at]) continue;
                 const float *row = batch[at] ? rows + token[at] * 2 * w : ring + ring_row[at] * 2 * w;
                 const float *kv = row + (overlap && j >= s / 2 ? d : 0), *score = kv + w;
-                for (int64_t c = 0; c < d; c++) {
-                    if (pass == 0) top[c] = score[c] > top[c] ? score[c] : top[c];
-                    else if (pass == 1) total[c] += expf(score[c] - top[c]);
-                    else pooled[c] += kv[c] * (expf(score[c] - top[c]) / total[c]);
-                }
+                if (pass == 0)
+                    for (int64_t c = 0; c < d; c++) top[c] = score[c] > top[c] ? score[c] : top[c];
+                else
+                    for (int64_t c = 0; c < d; c++) {
+                        float weight_c = expf(score[c] - top[c]);
+                        total[c] += weight_c;
+                        pooled[c] += kv[c] * weight_c;
+                    }
             }
+        for (int64_t c = 0; c < d; c++) pooled[c] /= total[c];
         banyan_norm_rope(pooled, 1, d, 1, weight, eps, rope + i * half * 2, half, pool, slots + i);
     }
     return 1;
@@ -742,8 +753,7 @@ void banyan_indexer_scores(const float *qt, const float *weights, int64_t t, int
                            int64_t e, float *out, int64_t threads) {
     for (int64_t i = 0; i < t; i++)
         for (int64_t w = visible[i] < 0 ? 0 : visible[i]; w < e; w++) out[i * e + w] = -INFINITY;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads < 1) threads = 1;
+    if (threads < 1) threads = 1;  /* score_many's stride */
     score_job job = {qt, weights, keys, cand, visible, out, t, h, d, e, cand_stride, threads};
     if (t < 2 * threads)
         run_chunks(score_few, &job, t * ((e + SCORE_CHUNK - 1) / SCORE_CHUNK), threads);
@@ -956,6 +966,18 @@ def sinkhorn_(comb: torch.Tensor, eps: float, iters: int) -> bool:
 HC_PRE_MAX_TOKENS = 16  # tokens up to which the native mix beats torch's ops (from 16, its matmul wins)
 
 
+def _hc_operands(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
+                 out_norm: torch.Tensor | None, mixes: int) -> tuple[torch.Tensor, ...] | None:
+    """Contiguous (streams, fn, scale, base) of a native mHC mix with `mixes` rows of `fn`, or None
+    where it does not apply (`hc_pre`, `hc_head`)."""
+    t, n, d = streams.shape
+    if (library() is None or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N or not _cpu_f32(streams, fn, scale, base)
+            or fn.shape != (mixes, n * d)
+            or (out_norm is not None and not (_cpu_f32(out_norm) and out_norm.is_contiguous()))):
+        return None
+    return streams.contiguous(), fn.contiguous(), scale.contiguous(), base.contiguous()
+
+
 def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, norm_eps: float,
            eps: float, iters: int, out_norm: torch.Tensor | None = None, out_eps: float = 0.0
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -963,16 +985,15 @@ def hc_pre(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: t
     [D]` the collapsed rows then RMS-normed (`kernels.mhc.hc_pre_norm`); None where the native path
     does not apply. Its dot products and exponentials round differently from torch's (fp32
     rounding); the Sinkhorn loop is the same bit for bit."""
-    lib = library()
     t, n, d = streams.shape
-    if (lib is None or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N or not _cpu_f32(streams, fn, scale, base)
-            or iters < 1 or (out_norm is not None and not (_cpu_f32(out_norm) and out_norm.is_contiguous()))):
+    operands = _hc_operands(streams, fn, scale, base, out_norm, (2 + n) * n) if iters >= 1 else None
+    if operands is None:
         return None
-    x, fn, scale, base = streams.contiguous(), fn.contiguous(), scale.contiguous(), base.contiguous()
+    x, fn, scale, base = operands
     collapsed, post, comb = x.new_empty(t, d), x.new_empty(t, n), x.new_empty(t, n, n)
-    lib.banyan_hc_pre(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps, iters,
-                      None if out_norm is None else out_norm.data_ptr(), out_eps, collapsed.data_ptr(),
-                      post.data_ptr(), comb.data_ptr())
+    library().banyan_hc_pre(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps,
+                            iters, None if out_norm is None else out_norm.data_ptr(), out_eps, collapsed.data_ptr(),
+                            post.data_ptr(), comb.data_ptr())
     return collapsed, post, comb
 
 
@@ -980,16 +1001,14 @@ def hc_head(streams: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
             eps: float, out_norm: torch.Tensor | None = None, out_eps: float = 0.0) -> torch.Tensor | None:
     """`kernels.mhc.hc_head` for up to `HC_PRE_MAX_TOKENS` fp32 CPU tokens in one call, with `out_norm [D]`
     then the final RMS norm (`kernels.mhc.hc_head_norm`); None where the native path does not apply."""
-    lib = library()
     t, n, d = streams.shape
-    tensors = (fn, scale, base) + (() if out_norm is None else (out_norm,))
-    if (lib is None or not 0 < t <= HC_PRE_MAX_TOKENS or n > MAX_N or not _cpu_f32(streams, *tensors)
-            or not all(a.is_contiguous() for a in tensors) or fn.shape != (n, n * d)):
+    operands = _hc_operands(streams, fn, scale, base, out_norm, n)
+    if operands is None:
         return None
-    x = streams.contiguous()
+    x, fn, scale, base = operands
     out = x.new_empty(t, d)
-    lib.banyan_hc_head(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps,
-                       None if out_norm is None else out_norm.data_ptr(), out_eps, out.data_ptr())
+    library().banyan_hc_head(x.data_ptr(), t, n, d, fn.data_ptr(), scale.data_ptr(), base.data_ptr(), norm_eps, eps,
+                             None if out_norm is None else out_norm.data_ptr(), out_eps, out.data_ptr())
     return out
 
 

@@ -138,8 +138,9 @@ def test_native_indexer_scores_match_torch(heads, threads, split_over):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_indexer_scores_chunk_long_candidate_lists(threads, split_over):
-    """1,100 candidates are three chunks per query: a full one, a partial one, and (for the query
-    that sees 600) an empty one; the rows are prefetched across the chunk boundaries."""
+    """1,100 candidates: on two threads, three chunks per query (a full one, a partial one and, for
+    the query that sees 600, an empty one); on one, two queries are a slab scored in tiles of 64.
+    Either way the rows are prefetched across the chunk or tile boundaries."""
     if native.library() is None:
         pytest.skip("no C compiler here")
     split_over(threads)

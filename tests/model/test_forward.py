@@ -95,10 +95,15 @@ def test_plan_row_lists_follow_positions_and_pages(tiny_model):
         n = (p + 1) // hca
         assert plan.hca.lengths[i] == n
         assert plan.hca.indices[i, :n].tolist() == [int(table[r, w * hca // 128]) * (128 // hca) for w in range(n)]
+        assert (plan.hca.indices[i, n:] == -1).all()
     # indexer groups: the decode token alone, then each longer chunk
     groups = plan.indexer_groups
     assert [g.tokens.tolist() for g in groups] == [[[6]], [list(range(6))], [list(range(7, 11))]]
     assert groups[1].visible.tolist() == [[(p + 1) // cfg.csa_ratio for p in pos[:6]]]
+    csa, per_page = cfg.csa_ratio, 128 // cfg.csa_ratio  # a CSA page holds 32 consecutive entry slots
+    for group, r, end in zip(groups, [1, 0, 2], [301, 132, 4]):  # each request's entries in order
+        assert group.candidates.tolist() == [[int(table[r, w * csa // 128]) * per_page + w % per_page
+                                              for w in range(end // csa)]]
     assert plan.logit_rows.tolist() == [5, 6, 10]
 
 
