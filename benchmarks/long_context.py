@@ -14,6 +14,13 @@ transformers is skipped above `--hf-max-length`. With `--repeats N` every (syste
 times, round-robin over the table, and each metric keeps its best run (the least prefill
 time, the least TPOT, the largest peak RSS): on a shared machine a run's stalls are noise, and
 the ratios compare what each system can do in the same time window.
+
+The TPOT scaling is also measured paired (`--paired-rounds R`, on by default): one Engine with
+the prefix cache on prefills a `--short-length` and a `--long-length` prompt once, then
+alternates R times between decoding `--decode-tokens` tokens after each (the cache restores the
+prompt; only its last token is recomputed). Each round's long/short TPOT ratio compares two
+figures taken seconds apart, so a machine whose speed drifts over minutes moves both alike; the
+reported ratio is the rounds' median, beside the best-of-runs ratio of the cells.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from .output import save, standalone
 from .plots import system_bars
 
 SYSTEMS = ("banyan", "hf")
+PAIRED = "banyan-paired"  # the worker of the paired TPOT rounds
 LENGTHS = (1024, 4096, 16384, 32768, 61440)
 RESULT_PREFIX = "LONG-CONTEXT-RESULT "
 WARMUP_LEN = 300  # reaches the window and both compression paths of the model
@@ -65,26 +73,57 @@ def peak_rss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def measure_banyan(model_path: str | None, length: int, args: argparse.Namespace) -> dict:
+def _engine(model_path: str | None, args: argparse.Namespace, tokens: int, prefix_cache: bool):
+    """A batch-1 Engine whose pool holds `tokens` (else a RuntimeError naming --kv-cache-gb), warmed up."""
     from ..runtime.engine import Engine
 
-    params = {"max_new_tokens": args.decode_tokens, "temperature": 0, "ignore_eos": True}
-    with Engine(model_path, enable_prefix_cache=False, chunked_prefill_size=args.chunked_prefill_size,
-                dtype=DTYPES[args.dtype], max_running_requests=1,
-                kv_cache_bytes=int(args.kv_cache_gb * (1 << 30))) as engine:
-        capacity = engine.info["token_capacity"]
-        if length + args.decode_tokens > capacity:
-            raise RuntimeError(f"{length} + {args.decode_tokens} tokens exceed the pool's {capacity}; "
-                               "raise --kv-cache-gb")
-        engine.generate(input_ids=prompt_ids(WARMUP_LEN, args.seed + 1), sampling_params={**params,
-                                                                                          "max_new_tokens": 2})
-        prompt = prompt_ids(length, args.seed)
-        token_times: list[float] = []
-        start = time.perf_counter()
-        for chunk in engine.generate(input_ids=prompt, sampling_params=params, stream=True):
-            token_times += [time.perf_counter()] * len(chunk["output_ids"])
+    engine = Engine(model_path, enable_prefix_cache=prefix_cache, chunked_prefill_size=args.chunked_prefill_size,
+                    dtype=DTYPES[args.dtype], max_running_requests=1, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)))
+    capacity = engine.info["token_capacity"]
+    if tokens > capacity:
+        engine.shutdown()
+        raise RuntimeError(f"{tokens} tokens exceed the pool's {capacity}; raise --kv-cache-gb")
+    _decode(engine, prompt_ids(WARMUP_LEN, args.seed + 1), 2)
+    return engine
+
+
+def _decode(engine, prompt: list[int], tokens: int) -> tuple[float, list[float]]:
+    """Greedy `tokens` after `prompt`, streamed: the start time and each token's arrival."""
+    params = {"max_new_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    token_times: list[float] = []
+    start = time.perf_counter()
+    for chunk in engine.generate(input_ids=prompt, sampling_params=params, stream=True):
+        token_times += [time.perf_counter()] * len(chunk["output_ids"])
+    return start, token_times
+
+
+def measure_banyan(model_path: str | None, length: int, args: argparse.Namespace) -> dict:
+    with _engine(model_path, args, length + args.decode_tokens, prefix_cache=False) as engine:
+        start, token_times = _decode(engine, prompt_ids(length, args.seed), args.decode_tokens)
     # the scheduler process, joined at shutdown, is the largest child
     return {**timings(length, start, token_times), "peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
+
+
+def measure_paired(model_path: str | None, length: int, args: argparse.Namespace) -> dict:
+    """TPOT after a `--short-length` and a `length` prompt, alternated `--paired-rounds` times
+    in one Engine (see the module docstring); the order flips every round so that a steady
+    drift favours neither."""
+    prompts = {"short": prompt_ids(args.short_length, args.seed), "long": prompt_ids(length, args.seed + 2)}
+    tokens = args.short_length + length + 2 * args.decode_tokens
+    rounds = []
+    with _engine(model_path, args, tokens, prefix_cache=True) as engine:
+        for prompt in prompts.values():
+            _decode(engine, prompt, 2)  # into the prefix cache
+        for r in range(args.paired_rounds):
+            tpot = {}
+            for name in (("short", "long") if r % 2 == 0 else ("long", "short")):
+                tpot[name] = timings(len(prompts[name]), *_decode(engine, prompts[name], args.decode_tokens))["tpot_ms"]
+            rounds.append({"short_tpot_ms": tpot["short"], "long_tpot_ms": tpot["long"],
+                           "ratio": tpot["long"] / tpot["short"]})
+    return {"short_length": args.short_length, "rounds": rounds,
+            "short_tpot_ms": statistics.median(r["short_tpot_ms"] for r in rounds),
+            "long_tpot_ms": statistics.median(r["long_tpot_ms"] for r in rounds),
+            "ratio_median": statistics.median(r["ratio"] for r in rounds)}
 
 
 class _TokenClock:
@@ -134,7 +173,7 @@ def measure_hf(hf_path: str, length: int, args: argparse.Namespace) -> dict:
 
 def run_worker(args: argparse.Namespace) -> int:
     """One (system, length) measurement, printed as a result line for the parent."""
-    measure = measure_banyan if args.worker == "banyan" else measure_hf
+    measure = {"banyan": measure_banyan, "hf": measure_hf, PAIRED: measure_paired}[args.worker]
     print(RESULT_PREFIX + json.dumps(measure(args.worker_model, args.worker_length, args)), flush=True)
     return 0
 
@@ -143,7 +182,8 @@ def _worker_argv(args: argparse.Namespace, system: str, model: str | None, lengt
     argv = [sys.executable, "-m", "banyan.benchmarks.long_context", "--worker", system, "--worker-length",
             str(length), "--decode-tokens", str(args.decode_tokens), "--chunked-prefill-size",
             str(args.chunked_prefill_size), "--dtype", args.dtype, "--kv-cache-gb", str(args.kv_cache_gb),
-            "--seed", str(args.seed)]
+            "--seed", str(args.seed), "--short-length", str(args.short_length), "--paired-rounds",
+            str(args.paired_rounds)]
     return argv + (["--worker-model", model] if model else [])
 
 
@@ -207,11 +247,24 @@ def run_long_context(args: argparse.Namespace) -> dict:
                     continue
                 runs[(length, system)].append(run_one(args, system, model if system == "banyan" else hf_model, length))
                 print(format_row(runs[(length, system)][-1]), file=sys.stderr, flush=True)
+        paired = run_one(args, PAIRED, model, args.long_length) if wants_paired(args) else None
     rows = [best_of(runs[(length, system)]) if runs[(length, system)] else
             {"system": system, "length": length, "status": "skipped",
              "reason": f"longer than --hf-max-length {args.hf_max_length}"} for length, system in cells]
     return {"benchmark": "long-context", "config": {k: v for k, v in vars(args).items() if k != "func"},
-            "rows": rows, "ratios": ratios(rows, args.short_length, args.long_length, args.hf_max_length)}
+            "rows": rows, "paired": paired,
+            "ratios": ratios(rows, args.short_length, args.long_length, args.hf_max_length) + [paired_ratio(args, paired)]}
+
+
+def wants_paired(args: argparse.Namespace) -> bool:
+    return args.paired_rounds > 0 and "banyan" in args.systems
+
+
+def paired_ratio(args: argparse.Namespace, paired: dict | None) -> dict:
+    ok = paired is not None and paired["status"] == "ok"
+    return {"name": f"banyan TPOT, {args.long_length} / {args.short_length}, paired rounds", "metric": "tpot_ms",
+            "numerator": [PAIRED, args.long_length], "denominator": [PAIRED, args.short_length],
+            "value": paired["ratio_median"] if ok else None}
 
 
 def format_row(r: dict) -> str:
@@ -225,6 +278,14 @@ def format_row(r: dict) -> str:
 def format_table(result: dict) -> str:
     lines = [f"{'length':>8} {'system':<8} {'prefill s':>10} {'prefill t/s':>12} {'TPOT ms':>10} {'peak MiB':>10}"]
     lines += [format_row(r) for r in result["rows"]]
+    paired = result.get("paired")
+    if paired is not None:
+        lines.append("")
+        if paired["status"] != "ok":
+            lines.append(f"paired rounds: {paired['error']}")
+        else:
+            lines.append(f"paired rounds, TPOT ms at {paired['short_length']} / {paired['length']}: " + ", ".join(
+                f"{r['short_tpot_ms']:.2f} / {r['long_tpot_ms']:.2f}" for r in paired["rounds"]))
     lines.append("")
     for r in result["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
@@ -262,7 +323,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON results file; plots are written beside it")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--worker", choices=SYSTEMS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--paired-rounds", type=int, default=8,
+                   help="alternated short/long decode rounds in one Engine for a paired TPOT ratio (0: none)")
+    p.add_argument("--worker", choices=SYSTEMS + (PAIRED,), default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-length", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -272,12 +335,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--decode-tokens must be >= 2 (TPOT is the gap between output tokens)")
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
+    if args.paired_rounds < 0:
+        raise SystemExit("--paired-rounds must be >= 0")
     if args.worker:
         return run_worker(args)
     result = run_long_context(args)
     print(format_table(result))
     save(args.out, result, args.plots and (lambda out: plots(result, out)))
-    return 0 if all(r["status"] != "error" for r in result["rows"]) else 1
+    measured = result["rows"] + ([result["paired"]] if result["paired"] else [])
+    return 0 if all(r["status"] != "error" for r in measured) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

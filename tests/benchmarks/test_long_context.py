@@ -14,7 +14,7 @@ def test_rows_ratios_and_skips(tiny_official, tmp_path):
     out = tmp_path / "long.json"
     assert long_context.main(["--model-path", str(tiny_official), "--lengths", "300", "600", "--decode-tokens", "2",
                               "--hf-max-length", "300", "--short-length", "300", "--long-length", "600",
-                              "--chunked-prefill-size", "256", "--out", str(out)]) == 0
+                              "--chunked-prefill-size", "256", "--paired-rounds", "3", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["benchmark"] == "long-context"
     rows = {(r["length"], r["system"]): r for r in result["rows"]}
@@ -30,8 +30,16 @@ def test_rows_ratios_and_skips(tiny_official, tmp_path):
     expected = {"banyan prefill tok/s, 600 / 300": rows[600, "banyan"]["prefill_tok_s"] / rows[300, "banyan"]["prefill_tok_s"],
                 "banyan TPOT, 600 / 300": rows[600, "banyan"]["tpot_ms"] / rows[300, "banyan"]["tpot_ms"],
                 "prefill tok/s at 300, banyan / hf": rows[300, "banyan"]["prefill_tok_s"] / rows[300, "hf"]["prefill_tok_s"],
-                "TPOT at 300, banyan / hf": rows[300, "banyan"]["tpot_ms"] / rows[300, "hf"]["tpot_ms"]}
+                "TPOT at 300, banyan / hf": rows[300, "banyan"]["tpot_ms"] / rows[300, "hf"]["tpot_ms"],
+                "banyan TPOT, 600 / 300, paired rounds": result["paired"]["ratio_median"]}
     assert {name: r["value"] for name, r in ratios.items()} == pytest.approx(expected)
+    paired = result["paired"]
+    assert (paired["status"], paired["system"], paired["length"], paired["short_length"]) == ("ok", "banyan-paired", 600, 300)
+    assert len(paired["rounds"]) == 3
+    for r in paired["rounds"]:
+        assert r["short_tpot_ms"] > 0 and r["ratio"] == pytest.approx(r["long_tpot_ms"] / r["short_tpot_ms"])
+    assert paired["ratio_median"] == pytest.approx(sorted(r["ratio"] for r in paired["rounds"])[1])
+    assert paired["long_tpot_ms"] == pytest.approx(sorted(r["long_tpot_ms"] for r in paired["rounds"])[1])
     for name in ("prefill", "tpot", "memory"):
         assert (tmp_path / f"long-{name}.png").stat().st_size > 1000
 
@@ -58,8 +66,11 @@ def test_failed_run_is_reported_with_its_reason(tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     assert long_context.main(["--model-path", str(missing), "--systems", "banyan", "--lengths", "300",
                               "--decode-tokens", "2", "--out", str(out), "--no-plots"]) == 1
-    (row,) = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
     assert row["status"] == "error" and "exit code" in row["error"]
+    assert result["paired"]["status"] == "error" and "exit code" in result["paired"]["error"]
+    assert result["ratios"][-1]["name"].endswith("paired rounds") and result["ratios"][-1]["value"] is None
     assert "error" in capsys.readouterr().out
 
 
@@ -76,3 +87,5 @@ def test_repeats_keep_each_metrics_best_run():
     assert long_context.best_of(runs[1:2]) == runs[1]  # no run succeeded: the error stands
     with pytest.raises(SystemExit, match="--repeats"):
         long_context.main(["--repeats", "0"])
+    with pytest.raises(SystemExit, match="--paired-rounds"):
+        long_context.main(["--paired-rounds", "-1"])
