@@ -17,8 +17,8 @@ the ratios compare what each system can do in the same time window.
 
 The TPOT scaling is also measured paired (`--paired-rounds R`, on by default): one Engine with
 the prefix cache on prefills a `--short-length` and a `--long-length` prompt once, then
-alternates R times between decoding `--decode-tokens` tokens after each (the cache restores the
-prompt; only its last token is recomputed). Each round's long/short TPOT ratio compares two
+alternates R times between decoding `--decode-tokens` tokens after each (the cache restores
+each prompt but its tail past the last whole page). Each round's long/short TPOT ratio compares two
 figures taken seconds apart, so a machine whose speed drifts over minutes moves both alike; the
 reported ratio is the rounds' median, beside the best-of-runs ratio of the cells.
 """
@@ -253,15 +253,16 @@ def run_long_context(args: argparse.Namespace) -> dict:
              "reason": f"longer than --hf-max-length {args.hf_max_length}"} for length, system in cells]
     return {"benchmark": "long-context", "config": {k: v for k, v in vars(args).items() if k != "func"},
             "rows": rows, "paired": paired,
-            "ratios": ratios(rows, args.short_length, args.long_length, args.hf_max_length) + [paired_ratio(args, paired)]}
+            "ratios": ratios(rows, args.short_length, args.long_length, args.hf_max_length)
+            + ([paired_ratio(args, paired)] if wants_paired(args) else [])}
 
 
 def wants_paired(args: argparse.Namespace) -> bool:
     return args.paired_rounds > 0 and "banyan" in args.systems
 
 
-def paired_ratio(args: argparse.Namespace, paired: dict | None) -> dict:
-    ok = paired is not None and paired["status"] == "ok"
+def paired_ratio(args: argparse.Namespace, paired: dict) -> dict:
+    ok = paired["status"] == "ok"
     return {"name": f"banyan TPOT, {args.long_length} / {args.short_length}, paired rounds", "metric": "tpot_ms",
             "numerator": [PAIRED, args.long_length], "denominator": [PAIRED, args.short_length],
             "value": paired["ratio_median"] if ok else None}

@@ -71,6 +71,10 @@ def test_failed_run_is_reported_with_its_reason(tmp_path, capsys):
     assert row["status"] == "error" and "exit code" in row["error"]
     assert result["paired"]["status"] == "error" and "exit code" in result["paired"]["error"]
     assert result["ratios"][-1]["name"].endswith("paired rounds") and result["ratios"][-1]["value"] is None
+    assert long_context.main(["--model-path", str(missing), "--systems", "banyan", "--lengths", "300",
+                              "--decode-tokens", "2", "--paired-rounds", "0", "--out", str(out), "--no-plots"]) == 1
+    result = json.loads(out.read_text())
+    assert result["paired"] is None and not any("paired" in r["name"] for r in result["ratios"])
     assert "error" in capsys.readouterr().out
 
 
