@@ -18,7 +18,7 @@ the ratios compare what each system can do in the same time window.
 The TPOT scaling is also measured paired (`--paired-rounds R`, on by default): one Engine with
 the prefix cache on prefills a `--short-length` and a `--long-length` prompt once, then
 alternates R times between decoding `--decode-tokens` tokens after each (the cache restores
-each prompt but its tail past the last whole page). Each round's long/short TPOT ratio compares two
+each prompt but its last page, whole or partial, which is prefilled again). Each round's long/short TPOT ratio compares two
 figures taken seconds apart, so a machine whose speed drifts over minutes moves both alike; the
 reported ratio is the rounds' median, beside the best-of-runs ratio of the cells.
 """
@@ -26,6 +26,7 @@ reported ratio is the rounds' median, beside the best-of-runs ratio of the cells
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -73,33 +74,39 @@ def peak_rss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def _engine(model_path: str | None, args: argparse.Namespace, tokens: int, prefix_cache: bool):
-    """A batch-1 Engine whose pool holds `tokens` (else a RuntimeError naming --kv-cache-gb), warmed up."""
+@contextlib.contextmanager
+def _engine(model_path: str | None, args: argparse.Namespace, tokens: int, prefix_cache: bool, spare_pages: int = 0):
+    """A batch-1 Engine whose pool holds `tokens` and `spare_pages` pages more (else a
+    RuntimeError naming --kv-cache-gb), warmed up; shut down on leaving, however that happens."""
     from ..runtime.engine import Engine
 
-    engine = Engine(model_path, enable_prefix_cache=prefix_cache, chunked_prefill_size=args.chunked_prefill_size,
-                    dtype=DTYPES[args.dtype], max_running_requests=1, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)))
-    capacity = engine.info["token_capacity"]
-    if tokens > capacity:
-        engine.shutdown()
-        raise RuntimeError(f"{tokens} tokens exceed the pool's {capacity}; raise --kv-cache-gb")
-    _decode(engine, prompt_ids(WARMUP_LEN, args.seed + 1), 2)
-    return engine
+    with Engine(model_path, enable_prefix_cache=prefix_cache, chunked_prefill_size=args.chunked_prefill_size,
+                dtype=DTYPES[args.dtype], max_running_requests=1,
+                kv_cache_bytes=int(args.kv_cache_gb * (1 << 30))) as engine:
+        capacity = engine.info["token_capacity"]
+        tokens += spare_pages * engine.info["page_size"]
+        if tokens > capacity:
+            raise RuntimeError(f"{tokens} tokens exceed the pool's {capacity}; raise --kv-cache-gb")
+        _decode(engine, prompt_ids(WARMUP_LEN, args.seed + 1), 2)
+        yield engine
 
 
-def _decode(engine, prompt: list[int], tokens: int) -> tuple[float, list[float]]:
-    """Greedy `tokens` after `prompt`, streamed: the start time and each token's arrival."""
+def _decode(engine, prompt: list[int], tokens: int) -> tuple[float, list[float], int]:
+    """Greedy `tokens` after `prompt`, streamed: the start time, each token's arrival and the
+    prompt tokens the prefix cache supplied."""
     params = {"max_new_tokens": tokens, "temperature": 0, "ignore_eos": True}
     token_times: list[float] = []
+    cached = 0
     start = time.perf_counter()
     for chunk in engine.generate(input_ids=prompt, sampling_params=params, stream=True):
         token_times += [time.perf_counter()] * len(chunk["output_ids"])
-    return start, token_times
+        cached = chunk["meta_info"]["cached_tokens"]
+    return start, token_times, cached
 
 
 def measure_banyan(model_path: str | None, length: int, args: argparse.Namespace) -> dict:
     with _engine(model_path, args, length + args.decode_tokens, prefix_cache=False) as engine:
-        start, token_times = _decode(engine, prompt_ids(length, args.seed), args.decode_tokens)
+        start, token_times, _ = _decode(engine, prompt_ids(length, args.seed), args.decode_tokens)
     # the scheduler process, joined at shutdown, is the largest child
     return {**timings(length, start, token_times), "peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
 
@@ -107,20 +114,31 @@ def measure_banyan(model_path: str | None, length: int, args: argparse.Namespace
 def measure_paired(model_path: str | None, length: int, args: argparse.Namespace) -> dict:
     """TPOT after a `--short-length` and a `length` prompt, alternated `--paired-rounds` times
     in one Engine (see the module docstring); the order flips every round so that a steady
-    drift favours neither."""
+    drift favours neither. A round whose prompt missed the prefix cache is an error: it would
+    not be the decode-only pair the ratio stands for."""
     prompts = {"short": prompt_ids(args.short_length, args.seed), "long": prompt_ids(length, args.seed + 2)}
-    tokens = args.short_length + length + 2 * args.decode_tokens
     rounds = []
-    with _engine(model_path, args, tokens, prefix_cache=True) as engine:
+    # both prompts, their decodes and the cached warm-up, plus spare pages for each prompt's last
+    # page (cached but never reused) and the running request's copy, so that the cache never
+    # has to evict the idle prompt
+    tokens = args.short_length + length + 2 * args.decode_tokens + WARMUP_LEN
+    with _engine(model_path, args, tokens, prefix_cache=True, spare_pages=6) as engine:
+        page = engine.info["page_size"]
         for prompt in prompts.values():
             _decode(engine, prompt, 2)  # into the prefix cache
         for r in range(args.paired_rounds):
-            tpot = {}
-            for name in (("short", "long") if r % 2 == 0 else ("long", "short")):
-                tpot[name] = timings(len(prompts[name]), *_decode(engine, prompts[name], args.decode_tokens))["tpot_ms"]
-            rounds.append({"short_tpot_ms": tpot["short"], "long_tpot_ms": tpot["long"],
-                           "ratio": tpot["long"] / tpot["short"]})
-    return {"short_length": args.short_length, "rounds": rounds,
+            order = ("short", "long") if r % 2 == 0 else ("long", "short")
+            row: dict = {"order": list(order)}
+            for name in order:
+                start, token_times, cached = _decode(engine, prompts[name], args.decode_tokens)
+                expected = (len(prompts[name]) - 1) // page * page
+                if cached < expected:
+                    raise RuntimeError(f"round {r}: the {name} prompt reused {cached} cached tokens, not {expected}")
+                t = timings(len(prompts[name]), start, token_times)
+                row |= {f"{name}_tpot_ms": t["tpot_ms"], f"{name}_prefill_s": t["prefill_s"],
+                        f"{name}_cached_tokens": cached}
+            rounds.append({**row, "ratio": row["long_tpot_ms"] / row["short_tpot_ms"]})
+    return {"short_length": args.short_length, "page_size": page, "rounds": rounds,
             "short_tpot_ms": statistics.median(r["short_tpot_ms"] for r in rounds),
             "long_tpot_ms": statistics.median(r["long_tpot_ms"] for r in rounds),
             "ratio_median": statistics.median(r["ratio"] for r in rounds)}
@@ -247,14 +265,16 @@ def run_long_context(args: argparse.Namespace) -> dict:
                     continue
                 runs[(length, system)].append(run_one(args, system, model if system == "banyan" else hf_model, length))
                 print(format_row(runs[(length, system)][-1]), file=sys.stderr, flush=True)
-        paired = run_one(args, PAIRED, model, args.long_length) if wants_paired(args) else None
+    paired = run_one(args, PAIRED, model, args.long_length) if wants_paired(args) else None
+    if paired is not None:
+        print(format_paired(paired), file=sys.stderr, flush=True)
     rows = [best_of(runs[(length, system)]) if runs[(length, system)] else
             {"system": system, "length": length, "status": "skipped",
              "reason": f"longer than --hf-max-length {args.hf_max_length}"} for length, system in cells]
     return {"benchmark": "long-context", "config": {k: v for k, v in vars(args).items() if k != "func"},
             "rows": rows, "paired": paired,
             "ratios": ratios(rows, args.short_length, args.long_length, args.hf_max_length)
-            + ([paired_ratio(args, paired)] if wants_paired(args) else [])}
+            + ([paired_ratio(args, paired)] if paired is not None else [])}
 
 
 def wants_paired(args: argparse.Namespace) -> bool:
@@ -263,9 +283,10 @@ def wants_paired(args: argparse.Namespace) -> bool:
 
 def paired_ratio(args: argparse.Namespace, paired: dict) -> dict:
     ok = paired["status"] == "ok"
+    """The paired rounds' median ratio; it names no rows (`source`), since both lengths come
+    from the one paired run."""
     return {"name": f"banyan TPOT, {args.long_length} / {args.short_length}, paired rounds", "metric": "tpot_ms",
-            "numerator": [PAIRED, args.long_length], "denominator": [PAIRED, args.short_length],
-            "value": paired["ratio_median"] if ok else None}
+            "source": PAIRED, "value": paired["ratio_median"] if ok else None}
 
 
 def format_row(r: dict) -> str:
@@ -276,17 +297,18 @@ def format_row(r: dict) -> str:
             f"{r['peak_rss_mb']:>10.0f}")
 
 
+def format_paired(paired: dict) -> str:
+    if paired["status"] != "ok":
+        return f"paired rounds: {paired['error']}"
+    return f"paired rounds, TPOT ms at {paired['short_length']} / {paired['length']}: " + ", ".join(
+        f"{r['short_tpot_ms']:.2f} / {r['long_tpot_ms']:.2f}" for r in paired["rounds"])
+
+
 def format_table(result: dict) -> str:
     lines = [f"{'length':>8} {'system':<8} {'prefill s':>10} {'prefill t/s':>12} {'TPOT ms':>10} {'peak MiB':>10}"]
     lines += [format_row(r) for r in result["rows"]]
-    paired = result.get("paired")
-    if paired is not None:
-        lines.append("")
-        if paired["status"] != "ok":
-            lines.append(f"paired rounds: {paired['error']}")
-        else:
-            lines.append(f"paired rounds, TPOT ms at {paired['short_length']} / {paired['length']}: " + ", ".join(
-                f"{r['short_tpot_ms']:.2f} / {r['long_tpot_ms']:.2f}" for r in paired["rounds"]))
+    if result["paired"] is not None:
+        lines += ["", format_paired(result["paired"])]
     lines.append("")
     for r in result["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"

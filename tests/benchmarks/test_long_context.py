@@ -4,6 +4,7 @@ transformers side by side, transformers skipped above --hf-max-length."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -31,13 +32,17 @@ def test_rows_ratios_and_skips(tiny_official, tmp_path):
                 "banyan TPOT, 600 / 300": rows[600, "banyan"]["tpot_ms"] / rows[300, "banyan"]["tpot_ms"],
                 "prefill tok/s at 300, banyan / hf": rows[300, "banyan"]["prefill_tok_s"] / rows[300, "hf"]["prefill_tok_s"],
                 "TPOT at 300, banyan / hf": rows[300, "banyan"]["tpot_ms"] / rows[300, "hf"]["tpot_ms"],
-                "banyan TPOT, 600 / 300, paired rounds": result["paired"]["ratio_median"]}
+                "banyan TPOT, 600 / 300, paired rounds": statistics.median(r["ratio"] for r in result["paired"]["rounds"])}
     assert {name: r["value"] for name, r in ratios.items()} == pytest.approx(expected)
     paired = result["paired"]
     assert (paired["status"], paired["system"], paired["length"], paired["short_length"]) == ("ok", "banyan-paired", 600, 300)
-    assert len(paired["rounds"]) == 3
+    assert [r["order"] for r in paired["rounds"]] == [["short", "long"], ["long", "short"], ["short", "long"]]
+    page = paired["page_size"]
     for r in paired["rounds"]:
         assert r["short_tpot_ms"] > 0 and r["ratio"] == pytest.approx(r["long_tpot_ms"] / r["short_tpot_ms"])
+        # each round restores its prompt from the prefix cache: all but the last page
+        assert (r["short_cached_tokens"], r["long_cached_tokens"]) == (299 // page * page, 599 // page * page)
+        assert r["long_cached_tokens"] > 0
     assert paired["ratio_median"] == pytest.approx(sorted(r["ratio"] for r in paired["rounds"])[1])
     assert paired["long_tpot_ms"] == pytest.approx(sorted(r["long_tpot_ms"] for r in paired["rounds"])[1])
     for name in ("prefill", "tpot", "memory"):
