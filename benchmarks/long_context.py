@@ -18,9 +18,10 @@ the ratios compare what each system can do in the same time window.
 The TPOT scaling is also measured paired (`--paired-rounds R`, on by default): one Engine with
 the prefix cache on prefills a `--short-length` and a `--long-length` prompt once, then
 alternates R times between decoding `--decode-tokens` tokens after each (the cache restores
-each prompt but its last page, whole or partial, which is prefilled again). Each round's long/short TPOT ratio compares two
-figures taken seconds apart, so a machine whose speed drifts over minutes moves both alike; the
-reported ratio is the rounds' median, beside the best-of-runs ratio of the cells.
+each prompt but its last page, whole or partial, which is prefilled again). Each round's
+long/short TPOT ratio compares two figures taken seconds apart, so a machine whose speed drifts
+over minutes moves both alike; the reported ratio is the rounds' median, beside the
+best-of-runs ratio of the cells.
 """
 
 from __future__ import annotations
@@ -282,9 +283,9 @@ def wants_paired(args: argparse.Namespace) -> bool:
 
 
 def paired_ratio(args: argparse.Namespace, paired: dict) -> dict:
-    ok = paired["status"] == "ok"
     """The paired rounds' median ratio; it names no rows (`source`), since both lengths come
     from the one paired run."""
+    ok = paired["status"] == "ok"
     return {"name": f"banyan TPOT, {args.long_length} / {args.short_length}, paired rounds", "metric": "tpot_ms",
             "source": PAIRED, "value": paired["ratio_median"] if ok else None}
 
